@@ -1,3 +1,5 @@
+using Nbd;
+
 namespace NbdSidecar.Cli;
 
 /// <summary>

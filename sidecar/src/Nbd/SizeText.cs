@@ -1,6 +1,6 @@
 using System.Globalization;
 
-namespace NbdSidecar.Cli;
+namespace Nbd;
 
 /// <summary>Parses and prints byte sizes with binary suffixes (k = 1024), as qemu-img and nbdkit do.</summary>
 public static class SizeText
