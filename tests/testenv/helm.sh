@@ -79,4 +79,6 @@ main() {
   echo "$TOOLS"
 }
 
-main "$@"
+# On one line: bash has read all of it before running main, so editing this file while it
+# runs cannot derail it.
+main "$@"; exit
