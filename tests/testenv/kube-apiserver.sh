@@ -2,7 +2,7 @@
 # A real Kubernetes API (etcd + kube-apiserver + kube-controller-manager 1.20.2) on loopback,
 # without Docker, for the integration tests. See README.md next to this file.
 #
-#   kube-apiserver.sh build       build/fetch the binaries into the cache (once; ~5 min cold)
+#   kube-apiserver.sh build       build/fetch the binaries into the cache (once; ~4 min cold)
 #   kube-apiserver.sh start DIR   start a fresh environment with all its state in DIR
 #   kube-apiserver.sh stop DIR    stop the environment recorded in DIR (idempotent)
 #
