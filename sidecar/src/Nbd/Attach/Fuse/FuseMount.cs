@@ -143,6 +143,27 @@ public sealed class FuseMount : IDisposable
         _ = AttachNative.Close(_fd);
     }
 
+    /// <summary>
+    /// Ends the session the way the kernel does when the serving process dies: the connection is aborted
+    /// (umount2 with MNT_FORCE calls FUSE's umount_begin) but the mount stays, dead, with ENOTCONN for every
+    /// access, and loop devices on the file stay attached. Used to test recovery after a crash.
+    /// </summary>
+    public void Abandon()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _ = AttachNative.Umount2(MountPoint, AttachNative.MntForce | AttachNative.UmountNoFollow);
+        foreach (var worker in _workers)
+        {
+            _ = worker.Join(TimeSpan.FromSeconds(10));
+        }
+
+        _ = AttachNative.Close(_fd);
+    }
+
     /// <summary>Requests a worker failed to answer because a reply could not be written (diagnostics).</summary>
     public int WorkerFailures => Volatile.Read(ref _workerFailures);
 
