@@ -34,14 +34,21 @@ public sealed class FuseBlockFile
 
     private readonly IBlockDevice _device;
     private readonly byte[] _fileName;
-    private readonly ulong _time = (ulong)DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    private readonly ulong _time;
     private int _initialized;
     private int _destroyed;
 
     /// <param name="device">The export; its size is the file's size, its read-only flag the file's mode.</param>
     /// <param name="fileName">Name of the file in the root directory (no slashes).</param>
     public FuseBlockFile(IBlockDevice device, string fileName = "disk")
+        : this(device, fileName, (ulong)DateTimeOffset.UtcNow.ToUnixTimeSeconds())
     {
+    }
+
+    /// <summary>Fixes the timestamps every node reports (tests pin reply bytes with it).</summary>
+    internal FuseBlockFile(IBlockDevice device, string fileName, ulong timeSeconds)
+    {
+        _time = timeSeconds;
         ArgumentNullException.ThrowIfNull(device);
         ArgumentException.ThrowIfNullOrEmpty(fileName);
         if (fileName.Contains('/', StringComparison.Ordinal) || fileName is "." or "..")
