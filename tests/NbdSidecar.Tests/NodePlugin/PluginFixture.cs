@@ -142,6 +142,14 @@ public sealed class PluginFixture : IAsyncDisposable
         {
             Assert.Skip(reason);
         }
+
+        foreach (var tool in new[] { "losetup", "blkid", "mkfs.ext4", "mount", "umount" })
+        {
+            if (!(Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Any(d => File.Exists(Path.Combine(d, tool))))
+            {
+                Assert.Skip($"{tool} is not installed (util-linux, e2fsprogs)");
+            }
+        }
     }
 
     /// <summary>A path under the scratch directory.</summary>
