@@ -325,6 +325,36 @@ public sealed class LifecycleTests : IAsyncLifetime
         Assert.Empty(PluginFixture.MountsUnder(_plugin.Root));
     }
 
+    [Fact]
+    public async Task Restart_OfAMountVolume_RemountsTheFileSystemFromTheNewDevice()
+    {
+        PluginFixture.RequireFuseAttach();
+        var export = _plugin.Exports.Add(Uri, Size);
+        var staging = Directory.CreateDirectory(_plugin.Path_("staging")).FullName;
+        var target = _plugin.Path_("target");
+        var capability = Requests.Mount();
+        await Node.NodeStageVolumeAsync(Requests.Stage("vol-fs", staging, capability, Uri, format: true), cancellationToken: Token);
+        await Node.NodePublishVolumeAsync(Requests.Publish("vol-fs", staging, target, capability), cancellationToken: Token);
+        await File.WriteAllTextAsync(Path.Combine(target, "before.txt"), "written before the crash", Token);
+        await Run("sync", "-f", Path.Combine(target, "before.txt"));
+
+        await _plugin.CrashHostAsync();
+        await _plugin.StartHostAsync();
+
+        var record = _plugin.Host.Volumes.Find("vol-fs")!;
+        Assert.Equal(record.DevicePath, Mounts.Find(staging)!.Source);
+        Assert.Equal("written before the crash", await File.ReadAllTextAsync(Path.Combine(target, "before.txt"), Token));
+        var content = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("written after the restart. ", 2000)));
+        await File.WriteAllBytesAsync(Path.Combine(target, "after.txt"), content, Token);
+        await Run("sync", "-f", Path.Combine(target, "after.txt"));
+        Assert.True(ContainsSequence(export, content.AsSpan(0, 4096)), "the new file's bytes are on the export");
+
+        await Node.NodeUnpublishVolumeAsync(new() { VolumeId = "vol-fs", TargetPath = target }, cancellationToken: Token);
+        await Node.NodeUnstageVolumeAsync(new() { VolumeId = "vol-fs", StagingTargetPath = staging }, cancellationToken: Token);
+        Assert.Empty(PluginFixture.LoopsUnder(_plugin.Root));
+        Assert.Empty(PluginFixture.MountsUnder(_plugin.Root));
+    }
+
     private static async Task Run(string file, params string[] arguments)
     {
         var result = await Exec.RunAsync(file, arguments, TimeSpan.FromMinutes(2), Token);

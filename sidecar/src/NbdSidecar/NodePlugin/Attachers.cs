@@ -314,5 +314,14 @@ public sealed class KernelAttacher(IExportConnector connector, ILogger<KernelAtt
         }
     }
 
-    private static int[] Descriptors(IReadOnlyList<Socket> sockets) => sockets.Select(s => (int)s.Handle).ToArray();
+    /// <summary>The descriptors to hand over; the kernel drives them itself, so they are switched to blocking mode as nbd-client does.</summary>
+    private static int[] Descriptors(IReadOnlyList<Socket> sockets)
+    {
+        foreach (var socket in sockets)
+        {
+            socket.Blocking = true;
+        }
+
+        return sockets.Select(s => (int)s.Handle).ToArray();
+    }
 }

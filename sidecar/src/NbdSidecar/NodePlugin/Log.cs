@@ -35,6 +35,9 @@ internal static partial class Log
     [LoggerMessage(6014, LogLevel.Information, "Volume {VolumeId}: formatting {Device} as {FileSystem} (empty device, volume_context asks for it)")]
     public static partial void Formatting(ILogger logger, string volumeId, string device, string fileSystem);
 
+    [LoggerMessage(6015, LogLevel.Error, "Volume {VolumeId}: undoing a failed stage failed; the device may still be attached")]
+    public static partial void UndoFailed(ILogger logger, Exception exception, string volumeId);
+
     [LoggerMessage(6020, LogLevel.Warning, "{Method} for volume {VolumeId} failed: {Status} {Message}")]
     public static partial void CallFailed(ILogger logger, string method, string volumeId, Grpc.Core.StatusCode status, string message);
 

@@ -90,14 +90,23 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
         }
         catch
         {
-            // Undo everything this call did, so a failed stage leaves nothing attached.
-            if (capability.Kind == AccessKind.Mount)
+            // Undo everything this call did, so a failed stage leaves nothing attached. A failing undo must not
+            // hide the original error, which is what the CO needs to see.
+            try
             {
-                Mounts.UnmountAll(stagingPath);
+                if (capability.Kind == AccessKind.Mount)
+                {
+                    Mounts.UnmountAll(stagingPath);
+                }
+
+                await chosen.DetachAsync(record, CancellationToken.None).ConfigureAwait(false);
+                store.Delete(volumeId);
+            }
+            catch (Exception undo) when (undo is IOException or UnauthorizedAccessException)
+            {
+                Log.UndoFailed(logger, undo, volumeId);
             }
 
-            await chosen.DetachAsync(record, CancellationToken.None).ConfigureAwait(false);
-            store.Delete(volumeId);
             throw;
         }
 
