@@ -355,6 +355,43 @@ public sealed class LifecycleTests : IAsyncLifetime
         Assert.Empty(PluginFixture.MountsUnder(_plugin.Root));
     }
 
+    [Fact]
+    public async Task Restart_AfterANodeReboot_AttachesAndMountsEverythingRecordedAgain()
+    {
+        PluginFixture.RequireFuseAttach();
+        _plugin.Exports.Add(Uri, Size);
+        var staging = Directory.CreateDirectory(_plugin.Path_("staging")).FullName;
+        var target = _plugin.Path_("target");
+        var capability = Requests.Mount();
+        await Node.NodeStageVolumeAsync(Requests.Stage("vol-fs", staging, capability, Uri, format: true), cancellationToken: Token);
+        await Node.NodePublishVolumeAsync(Requests.Publish("vol-fs", staging, target, capability), cancellationToken: Token);
+        await File.WriteAllTextAsync(Path.Combine(target, "kept.txt"), "survives a reboot", Token);
+        await Run("sync", "-f", Path.Combine(target, "kept.txt")); // like any disk, unsynced writes die with the data path
+
+        // A reboot: the process, every mount and every loop device are gone; only the state directory stays.
+        await _plugin.CrashHostAsync();
+        foreach (var mount in PluginFixture.MountsUnder(_plugin.Root).OrderByDescending(m => m.Length))
+        {
+            await Run("umount", "-l", mount);
+        }
+
+        foreach (var loop in PluginFixture.LoopsUnder(_plugin.Root))
+        {
+            await Run("losetup", "-d", loop);
+        }
+
+        Assert.Empty(PluginFixture.MountsUnder(_plugin.Root));
+        await _plugin.StartHostAsync();
+
+        Assert.True(Mounts.IsMountPoint(staging));
+        Assert.True(Mounts.IsMountPoint(target));
+        Assert.Equal("survives a reboot", await File.ReadAllTextAsync(Path.Combine(target, "kept.txt"), Token));
+        await Node.NodeUnpublishVolumeAsync(new() { VolumeId = "vol-fs", TargetPath = target }, cancellationToken: Token);
+        await Node.NodeUnstageVolumeAsync(new() { VolumeId = "vol-fs", StagingTargetPath = staging }, cancellationToken: Token);
+        Assert.Empty(PluginFixture.LoopsUnder(_plugin.Root));
+        Assert.Empty(PluginFixture.MountsUnder(_plugin.Root));
+    }
+
     private static async Task Run(string file, params string[] arguments)
     {
         var result = await Exec.RunAsync(file, arguments, TimeSpan.FromMinutes(2), Token);

@@ -314,28 +314,33 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
     private async Task RecoverAsync(VolumeRecord record, ExportTarget target, CancellationToken cancellationToken)
     {
         var device = await AttacherOf(record).RecoverAsync(record, target, cancellationToken).ConfigureAwait(false);
-        if (device.DevicePath == record.DevicePath)
-        {
-            return;
-        }
-
-        // A new device (a writable loop device cannot be re-pointed): move the staged file system and every
-        // published path over to it. Whoever held the old device open sees I/O errors and must reopen.
+        var changed = device.DevicePath != record.DevicePath;
         var moved = record with { DevicePath = device.DevicePath, FuseMountPoint = device.FuseMountPoint ?? record.FuseMountPoint };
-        if (record.Capability.Kind == AccessKind.Mount)
+
+        // Put back whatever is missing or still on the old device: after a crash a writable loop device is
+        // replaced (it cannot be re-pointed), and after a reboot nothing is mounted at all. Whoever held the old
+        // device or its files open sees I/O errors and must reopen them.
+        if (record.Capability.Kind == AccessKind.Mount && (changed || Mounts.Find(record.StagingPath)?.Source != moved.DevicePath))
         {
             Mounts.DetachLazily(record.StagingPath);
             await Mounts.MountFileSystemAsync(moved.DevicePath, record.StagingPath, record.Capability.FileSystemType, record.Capability.MountFlags, record.ReadOnly, cancellationToken).ConfigureAwait(false);
+            changed = true;
         }
 
         foreach (var publish in record.Publishes)
         {
-            Mounts.DetachLazily(publish.TargetPath);
-            BindTarget(moved, publish.TargetPath, publish.ReadOnly);
+            if (changed || !Mounts.IsMountPoint(publish.TargetPath))
+            {
+                Mounts.DetachLazily(publish.TargetPath);
+                BindTarget(moved, publish.TargetPath, publish.ReadOnly);
+            }
         }
 
-        store.Save(moved);
-        _volumes[record.VolumeId] = moved;
+        if (moved != record)
+        {
+            store.Save(moved);
+            _volumes[record.VolumeId] = moved;
+        }
     }
 
     /// <summary>Block: the device node bound on a file at the target. Mount: the staged directory bound on a directory.</summary>
