@@ -9,6 +9,8 @@ internal static class Program
     /// <summary>Every subcommand: its name, a one-line summary and the function that runs it.</summary>
     private static readonly (string Name, string Summary, Func<string[], CancellationToken, Task<int>> Run)[] Commands =
     [
+        ("copy", global::NbdSidecar.Commands.CopyCommand.Summary, global::NbdSidecar.Commands.CopyCommand.RunAsync),
+        ("info", global::NbdSidecar.Commands.InfoCommand.Summary, global::NbdSidecar.Commands.InfoCommand.RunAsync),
     ];
 
     private static async Task<int> Main(string[] args)

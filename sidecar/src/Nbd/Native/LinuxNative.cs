@@ -60,6 +60,17 @@ internal static partial class LinuxNative
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static unsafe partial int IoctlRange(int fd, ulong request, ulong* range);
 
+    public const int SyncFileRangeWaitBefore = 1;
+    public const int SyncFileRangeWrite = 2;
+    public const int SyncFileRangeWaitAfter = 4;
+    public const int FAdvDontNeed = 4;
+
+    [LibraryImport("libc", EntryPoint = "sync_file_range", SetLastError = true)]
+    public static partial int SyncFileRange(int fd, long offset, long length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "posix_fadvise", SetLastError = true)]
+    public static partial int FAdvise(int fd, long offset, long length, int advice);
+
     public const int ORdOnly = 0;
     public const int ODirectory = 0x10000;
 
