@@ -425,9 +425,11 @@ public sealed class NbdConnection : IAsyncDisposable
     private static async Task SplitAsync(long offset, long length, long piece, Func<long, long, Task> send)
     {
         var tasks = new List<Task>();
-        for (var at = offset; at < offset + length; at += piece)
+        for (var done = 0L; done < length;)
         {
-            tasks.Add(send(at, Math.Min(piece, offset + length - at)));
+            var n = Math.Min(piece, length - done);
+            tasks.Add(send(offset + done, n));
+            done += n;
         }
 
         await Task.WhenAll(tasks).ConfigureAwait(false);
