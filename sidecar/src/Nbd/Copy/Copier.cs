@@ -114,7 +114,8 @@ public sealed class Copier
         {
             try
             {
-                await ProduceAsync(channel.Writer, size, alignment, requestSize, cancellationToken, abort.Token).ConfigureAwait(false);
+                using var stopOrAbort = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, abort.Token);
+                await ProduceAsync(channel.Writer, size, alignment, requestSize, stopOrAbort.Token, abort.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
