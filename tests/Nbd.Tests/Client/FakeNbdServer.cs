@@ -178,62 +178,62 @@ public sealed class FakeNbdServer : IAsyncDisposable
                     Reply(OptionReplyType.Ack);
                     break;
                 case NbdOption.SetMetaContext or NbdOption.ListMetaContext when style != HeaderStyle.Simple:
-                {
-                    var request = MetaContextRequest.Parse(data);
-                    var matched = request.Queries.Count == 0 || request.Queries.Any(q => q is "base:allocation" or "base:");
-                    if (matched)
                     {
-                        var entry = new ArrayBufferWriter<byte>();
-                        OptionReplies.WriteMetaContext(new MetaContextEntry(7, NbdLimits.BaseAllocation), entry);
-                        Reply(OptionReplyType.MetaContext, entry.WrittenSpan);
-                        if (header.Option == NbdOption.SetMetaContext)
+                        var request = MetaContextRequest.Parse(data);
+                        var matched = request.Queries.Count == 0 || request.Queries.Any(q => q is "base:allocation" or "base:");
+                        if (matched)
                         {
-                            contexts = 1;
+                            var entry = new ArrayBufferWriter<byte>();
+                            OptionReplies.WriteMetaContext(new MetaContextEntry(7, NbdLimits.BaseAllocation), entry);
+                            Reply(OptionReplyType.MetaContext, entry.WrittenSpan);
+                            if (header.Option == NbdOption.SetMetaContext)
+                            {
+                                contexts = 1;
+                            }
                         }
-                    }
 
-                    Reply(OptionReplyType.Ack);
-                    break;
-                }
-
-                case NbdOption.Go or NbdOption.Info when _options.SupportGo:
-                {
-                    var request = InfoRequest.Parse(data);
-                    if (request.ExportName != _options.ExportName)
-                    {
-                        Reply(OptionReplyType.ErrUnknown);
+                        Reply(OptionReplyType.Ack);
                         break;
                     }
 
-                    var info = new ArrayBufferWriter<byte>();
-                    OptionReplies.WriteInfoExport(export, info);
-                    Reply(OptionReplyType.Info, info.WrittenSpan);
-                    if (_options.BlockSizes is { } sizes)
+                case NbdOption.Go or NbdOption.Info when _options.SupportGo:
                     {
-                        info.ResetWrittenCount();
-                        OptionReplies.WriteInfoBlockSize(sizes, info);
+                        var request = InfoRequest.Parse(data);
+                        if (request.ExportName != _options.ExportName)
+                        {
+                            Reply(OptionReplyType.ErrUnknown);
+                            break;
+                        }
+
+                        var info = new ArrayBufferWriter<byte>();
+                        OptionReplies.WriteInfoExport(export, info);
                         Reply(OptionReplyType.Info, info.WrittenSpan);
-                    }
+                        if (_options.BlockSizes is { } sizes)
+                        {
+                            info.ResetWrittenCount();
+                            OptionReplies.WriteInfoBlockSize(sizes, info);
+                            Reply(OptionReplyType.Info, info.WrittenSpan);
+                        }
 
-                    Reply(OptionReplyType.Ack);
-                    if (header.Option == NbdOption.Go)
-                    {
-                        await Send();
-                        await TransmitAsync(stream, input, style, contexts, ct);
-                        return;
-                    }
+                        Reply(OptionReplyType.Ack);
+                        if (header.Option == NbdOption.Go)
+                        {
+                            await Send();
+                            await TransmitAsync(stream, input, style, contexts, ct);
+                            return;
+                        }
 
-                    break;
-                }
+                        break;
+                    }
 
                 case NbdOption.List:
-                {
-                    var entry = new ArrayBufferWriter<byte>();
-                    OptionReplies.WriteServer(new ExportListEntry(_options.ExportName, "test export"), entry);
-                    Reply(OptionReplyType.Server, entry.WrittenSpan);
-                    Reply(OptionReplyType.Ack);
-                    break;
-                }
+                    {
+                        var entry = new ArrayBufferWriter<byte>();
+                        OptionReplies.WriteServer(new ExportListEntry(_options.ExportName, "test export"), entry);
+                        Reply(OptionReplyType.Server, entry.WrittenSpan);
+                        Reply(OptionReplyType.Ack);
+                        break;
+                    }
 
                 case NbdOption.Abort:
                     Reply(OptionReplyType.Ack);

@@ -774,83 +774,83 @@ public sealed class NbdConnection : IAsyncDisposable
                 break;
 
             case ReplyType.OffsetData:
-            {
-                if (p.Command != NbdCommand.Read)
                 {
-                    throw new NbdProtocolException($"OFFSET_DATA in reply to {p.Command}");
-                }
+                    if (p.Command != NbdCommand.Read)
+                    {
+                        throw new NbdProtocolException($"OFFSET_DATA in reply to {p.Command}");
+                    }
 
-                await _in.EnsureAsync(ReplyChunks.OffsetDataPrefixSize, CancellationToken.None).ConfigureAwait(false);
-                var at = ReplyChunks.ParseOffsetDataPrefix(_in.Span, chunk.Length);
-                _in.Consume(ReplyChunks.OffsetDataPrefixSize);
-                var count = chunk.Length - ReplyChunks.OffsetDataPrefixSize;
-                CheckWithin(p, at, count, "OFFSET_DATA");
-                await _in.ReadExactAsync(p.Buffer.Slice((int)(at - p.Offset), (int)count), CancellationToken.None).ConfigureAwait(false);
-                p.Received += count;
-                break;
-            }
+                    await _in.EnsureAsync(ReplyChunks.OffsetDataPrefixSize, CancellationToken.None).ConfigureAwait(false);
+                    var at = ReplyChunks.ParseOffsetDataPrefix(_in.Span, chunk.Length);
+                    _in.Consume(ReplyChunks.OffsetDataPrefixSize);
+                    var count = chunk.Length - ReplyChunks.OffsetDataPrefixSize;
+                    CheckWithin(p, at, count, "OFFSET_DATA");
+                    await _in.ReadExactAsync(p.Buffer.Slice((int)(at - p.Offset), (int)count), CancellationToken.None).ConfigureAwait(false);
+                    p.Received += count;
+                    break;
+                }
 
             case ReplyType.OffsetHole:
-            {
-                if (p.Command != NbdCommand.Read || chunk.Length != ReplyChunks.OffsetHoleSize)
                 {
-                    throw new NbdProtocolException($"malformed OFFSET_HOLE in reply to {p.Command}");
-                }
+                    if (p.Command != NbdCommand.Read || chunk.Length != ReplyChunks.OffsetHoleSize)
+                    {
+                        throw new NbdProtocolException($"malformed OFFSET_HOLE in reply to {p.Command}");
+                    }
 
-                await _in.EnsureAsync(ReplyChunks.OffsetHoleSize, CancellationToken.None).ConfigureAwait(false);
-                var (at, count) = ReplyChunks.ParseOffsetHole(_in.Span[..ReplyChunks.OffsetHoleSize]);
-                _in.Consume(ReplyChunks.OffsetHoleSize);
-                CheckWithin(p, at, count, "OFFSET_HOLE");
-                p.Buffer.Span.Slice((int)(at - p.Offset), (int)count).Clear();
-                p.Received += count;
-                break;
-            }
+                    await _in.EnsureAsync(ReplyChunks.OffsetHoleSize, CancellationToken.None).ConfigureAwait(false);
+                    var (at, count) = ReplyChunks.ParseOffsetHole(_in.Span[..ReplyChunks.OffsetHoleSize]);
+                    _in.Consume(ReplyChunks.OffsetHoleSize);
+                    CheckWithin(p, at, count, "OFFSET_HOLE");
+                    p.Buffer.Span.Slice((int)(at - p.Offset), (int)count).Clear();
+                    p.Received += count;
+                    break;
+                }
 
             case ReplyType.BlockStatus:
             case ReplyType.BlockStatusExtended:
-            {
-                var extended = chunk.Type == ReplyType.BlockStatusExtended;
-                if (p.Command != NbdCommand.BlockStatus || extended != (HeaderStyle == HeaderStyle.Extended))
                 {
-                    throw new NbdProtocolException($"{chunk.Type} in reply to {p.Command}");
-                }
-
-                if (chunk.Length > 64 * 1024 * 1024)
-                {
-                    throw new NbdProtocolException($"block status chunk of {chunk.Length} bytes is too large");
-                }
-
-                var payload = ArrayPool<byte>.Shared.Rent((int)chunk.Length);
-                try
-                {
-                    await _in.ReadExactAsync(payload.AsMemory(0, (int)chunk.Length), CancellationToken.None).ConfigureAwait(false);
-                    var (contextId, descriptors) = ReplyChunks.ParseBlockStatus(payload.AsSpan(0, (int)chunk.Length), extended);
-                    if (contextId == _allocationContext)
+                    var extended = chunk.Type == ReplyType.BlockStatusExtended;
+                    if (p.Command != NbdCommand.BlockStatus || extended != (HeaderStyle == HeaderStyle.Extended))
                     {
-                        var extents = new List<Extent>(descriptors.Length);
-                        var at = (long)p.Offset;
-                        foreach (var d in descriptors)
+                        throw new NbdProtocolException($"{chunk.Type} in reply to {p.Command}");
+                    }
+
+                    if (chunk.Length > 64 * 1024 * 1024)
+                    {
+                        throw new NbdProtocolException($"block status chunk of {chunk.Length} bytes is too large");
+                    }
+
+                    var payload = ArrayPool<byte>.Shared.Rent((int)chunk.Length);
+                    try
+                    {
+                        await _in.ReadExactAsync(payload.AsMemory(0, (int)chunk.Length), CancellationToken.None).ConfigureAwait(false);
+                        var (contextId, descriptors) = ReplyChunks.ParseBlockStatus(payload.AsSpan(0, (int)chunk.Length), extended);
+                        if (contextId == _allocationContext)
                         {
-                            var length = (long)Math.Min(d.Length, (ulong)(ExportSize - at));
-                            if (length <= 0)
+                            var extents = new List<Extent>(descriptors.Length);
+                            var at = (long)p.Offset;
+                            foreach (var d in descriptors)
                             {
-                                break;
+                                var length = (long)Math.Min(d.Length, (ulong)(ExportSize - at));
+                                if (length <= 0)
+                                {
+                                    break;
+                                }
+
+                                extents.Add(new Extent(at, length, (AllocationFlags)(d.Flags & 3)));
+                                at += length;
                             }
 
-                            extents.Add(new Extent(at, length, (AllocationFlags)(d.Flags & 3)));
-                            at += length;
+                            p.Extents = extents;
                         }
-
-                        p.Extents = extents;
                     }
-                }
-                finally
-                {
-                    ArrayPool<byte>.Shared.Return(payload);
-                }
+                    finally
+                    {
+                        ArrayPool<byte>.Shared.Return(payload);
+                    }
 
-                break;
-            }
+                    break;
+                }
 
             default:
                 if (!chunk.IsError)
