@@ -3,8 +3,8 @@ namespace Nbd.Copy;
 /// <summary>Tuning and behaviour of one copy.</summary>
 public sealed record CopyOptions
 {
-    /// <summary>Largest read/write request, a power of two (default 1 MiB).</summary>
-    public int RequestSize { get; init; } = 1 << 20;
+    /// <summary>Largest read/write request, a power of two (default 256 KiB).</summary>
+    public int RequestSize { get; init; } = 256 * 1024;
 
     /// <summary>Requests in flight per connection (default 16).</summary>
     public int RequestsPerConnection { get; init; } = 16;

@@ -22,7 +22,7 @@ internal static class CopyCommand
         Options:
           --connections N        parallel connections per NBD side (default 4 when the server allows multi-conn, else 1)
           --requests N           requests in flight per connection (default 16)
-          --request-size SIZE    largest request, a power of two from 4k to 32M (default 1M)
+          --request-size SIZE    largest request, a power of two from 4k to 32M (default 256k)
           --no-detect-zeroes     write all-zero blocks found in data instead of skipping them (--detect-zeroes=false)
           --target-is-zero       the destination already reads as zeroes: do not zero its holes
           --progress             draw a progress bar on stderr
@@ -120,7 +120,7 @@ internal static class CopyCommand
         var destinationText = cli.Positionals[1];
         var connections = cli.Get("connections") is null ? (int?)null : (int)cli.GetInt64("connections", 1, 1, 16);
         var requests = (int)cli.GetInt64("requests", 16, 1, 1024);
-        var requestSize = cli.GetSize("request-size", 1 << 20, 4096, 32 << 20);
+        var requestSize = cli.GetSize("request-size", 256 << 10, 4096, 32 << 20);
         if (!long.IsPow2(requestSize))
         {
             throw new UsageException($"--request-size must be a power of two, not {requestSize}");
