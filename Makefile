@@ -40,6 +40,10 @@ format: ## Apply formatting and code-style fixes
 test: deps build lint ## Install test dependencies, build, and run every test
 	$(DOTNET) test --solution NbdOperator.sln -c $(CONFIGURATION) --no-build --results-directory $(ARTIFACTS)/test-results $(TEST_ARGS)
 
+.PHONY: bench-copy
+bench-copy: build ## Benchmark nbd-sidecar copy against nbdcopy and qemu-img convert (BENCH_ARGS=--quick for a smoke run)
+	tests/bench/copy-bench.sh --sidecar $(SIDECAR) $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf $(ARTIFACTS)
