@@ -3,9 +3,18 @@ namespace NbdOperator;
 /// <summary>Entry point of nbd-operator.</summary>
 internal static class Program
 {
-    private static int Main()
+    private static int Main(string[] args)
     {
-        Console.Error.WriteLine("nbd-operator: the controllers are not built yet (see the operator issue)");
+        if (args.Length == 2 && args[0] == "generate-crds")
+        {
+            foreach (var path in Crds.CrdGenerator.WriteAll(args[1]))
+            {
+                Console.WriteLine(path);
+            }
+
+            return 0;
+        }
+
         return 1;
     }
 }
