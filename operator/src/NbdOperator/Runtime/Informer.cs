@@ -9,6 +9,12 @@ public interface IInformer
 {
     string Resource { get; }
     bool HasSynced { get; }
+
+    /// <summary>Lists done so far (the first one and every relist).</summary>
+    int Lists { get; }
+
+    /// <summary>Watches started so far.</summary>
+    int Watches { get; }
     Task WaitForSyncAsync(CancellationToken cancellationToken);
     Task RunAsync(CancellationToken cancellationToken);
 }

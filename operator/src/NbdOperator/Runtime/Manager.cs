@@ -103,6 +103,10 @@ public sealed class Manager : IAsyncDisposable
 
     public ILoggerFactory LoggerFactory => _loggerFactory;
 
+    public IReadOnlyList<IInformer> Informers => _informers;
+
+    public IReadOnlyList<Controller> Controllers => _controllers;
+
     public Informer<T> AddInformer<T>(IListWatch<T> listWatch)
         where T : class, IKubernetesObject<V1ObjectMeta>
     {
