@@ -185,6 +185,7 @@ public class EndToEndTests(KubeFixture fixture)
 
         await c.CreateExportAsync(TestCluster.NewExport("e", "d", s => s.Ttl = "3s"));
         await c.WaitForReasonAsync("e", ExportReasons.Ready);
+        await fixture.GarbageCollectorReadyAsync();
 
         await Wait.UntilAsync("the export deleted by its ttl", async () => await c.GetExportAsync("e") is null, describe: () => c.DescribeAsync("e"));
         var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct);

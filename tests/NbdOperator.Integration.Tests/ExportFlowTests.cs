@@ -139,6 +139,7 @@ public class ExportFlowTests(KubeFixture fixture)
         Assert.Equal(("VolumeSnapshot", "snap", export.Metadata.Uid), (restored.Spec.DataSource.Kind, restored.Spec.DataSource.Name, restored.Metadata.OwnerReferences[0].Uid));
         Assert.Equal("Block", restored.Spec.VolumeMode); // from the snapshot's source claim
 
+        await fixture.GarbageCollectorReadyAsync();
         await c.DeleteExportAsync("e");
 
         // kube-controller-manager's garbage collector follows the owner references; the runner finishes pod deletion.
@@ -161,6 +162,7 @@ public class ExportFlowTests(KubeFixture fixture)
         await c.CreateExportAsync(TestCluster.NewExport("e", "d"));
         await c.WaitForReasonAsync("e", ExportReasons.Ready);
 
+        await fixture.GarbageCollectorReadyAsync();
         await c.DeleteExportAsync("e", propagation: "Foreground");
 
         // While the garbage collector removes the children (blockOwnerDeletion), the export is Terminating.
@@ -195,7 +197,8 @@ public class ExportFlowTests(KubeFixture fixture)
         Assert.Equal(("node-b", true), (ro.Status!.NodeName, ro.Status.ReadOnly));
         var rw = await c.WaitForReasonAsync("rw", ExportReasons.SourceInUse);
         Assert.Equal(ExportPhases.Failed, rw.Status!.Phase);
-        Assert.Contains("used by pod virt-launcher-vm", Conditions.Find(rw.Status.Conditions, "Ready")!.Message, StringComparison.Ordinal);
+        Assert.Contains("virt-launcher-vm", Conditions.Find(rw.Status.Conditions, "Ready")!.Message, StringComparison.Ordinal);
+        Assert.Contains("read-write export of an in-use volume is refused", Conditions.Find(rw.Status.Conditions, "Ready")!.Message, StringComparison.Ordinal);
         Assert.Empty(await c.ServerPodsAsync(rw));
     }
 

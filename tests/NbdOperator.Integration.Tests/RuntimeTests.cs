@@ -54,6 +54,7 @@ public class RuntimeTests(KubeFixture fixture)
         await Wait.UntilAsync("e1 rolled", async () => (await c.GetExportAsync("e1"))!.Status!.Endpoint!.EndsWith("/changed", StringComparison.Ordinal));
 
         faults.DropWatches();
+        await fixture.GarbageCollectorReadyAsync();
         await c.DeleteExportAsync("e2");
         await Wait.UntilAsync("e2's pod gone", async () =>
             (await c.Client.CoreV1.ListNamespacedPodAsync(c.Namespace)).Items.All(p => p.Metadata.OwnerReferences[0].Name != "e2"));
@@ -99,11 +100,23 @@ public class RuntimeTests(KubeFixture fixture)
         Assert.True(manager.IsLeader);
 
         // Someone else writes the lease as theirs, with a long duration: renewing fails, leadership is lost.
-        var lease = await c.Client.CoordinationV1.ReadNamespacedLeaseAsync("nbd-operator-leader", c.Namespace, cancellationToken: Ct);
-        lease.Spec.HolderIdentity = "intruder";
-        lease.Spec.LeaseDurationSeconds = 3600;
-        lease.Spec.RenewTime = DateTime.UtcNow;
-        await c.Client.CoordinationV1.ReplaceNamespacedLeaseAsync(lease, lease.Metadata.Name, c.Namespace, cancellationToken: Ct);
+        // (The leader renews concurrently: retry on 409 as any writer of a shared object must.)
+        await Wait.UntilAsync("the lease taken over", async () =>
+        {
+            var lease = await c.Client.CoordinationV1.ReadNamespacedLeaseAsync("nbd-operator-leader", c.Namespace, cancellationToken: Ct);
+            lease.Spec.HolderIdentity = "intruder";
+            lease.Spec.LeaseDurationSeconds = 3600;
+            lease.Spec.RenewTime = DateTime.UtcNow;
+            try
+            {
+                await c.Client.CoordinationV1.ReplaceNamespacedLeaseAsync(lease, lease.Metadata.Name, c.Namespace, cancellationToken: Ct);
+                return true;
+            }
+            catch (k8s.Autorest.HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+            {
+                return false;
+            }
+        });
 
         var exit = await c.RunOf(manager).WaitAsync(TimeSpan.FromSeconds(60), Ct);
         Assert.Equal(ManagerExit.LeadershipLost, exit);

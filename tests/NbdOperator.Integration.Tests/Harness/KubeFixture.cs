@@ -54,6 +54,36 @@ public sealed class KubeFixture : IAsyncLifetime
         Config = KubernetesClientConfiguration.BuildConfigFromConfigFile(KubeconfigPath);
         Client = new Kubernetes(Config);
         await InstallCrdsAsync();
+        _gcWarm = WarmUpGarbageCollectorAsync();
+    }
+
+    private Task _gcWarm = Task.CompletedTask;
+
+    /// <summary>
+    /// Completes once kube-controller-manager's garbage collector follows owner references to NbdExports.
+    /// It discovers new resource types on a 30 s resync, so right after the CRDs are installed the first
+    /// cascading deletion can lag by that much; tests that wait for garbage collection await this first.
+    /// </summary>
+    public Task GarbageCollectorReadyAsync() => _gcWarm;
+
+    private async Task WarmUpGarbageCollectorAsync()
+    {
+        var ns = await CreateNamespaceAsync("gc-warmup");
+        var owner = await Client.CustomObjects.CreateNamespacedCustomObjectAsync<NbdOperator.Api.NbdExport>(
+            TestCluster.NewExport("owner", "none"), NbdOperator.Api.NbdApi.Group, NbdOperator.Api.NbdApi.Version, ns, NbdOperator.Api.NbdExport.Plural);
+        await Client.CoreV1.CreateNamespacedConfigMapAsync(new V1ConfigMap
+        {
+            Metadata = new V1ObjectMeta
+            {
+                Name = "dependent",
+                OwnerReferences = [new V1OwnerReference { ApiVersion = owner.ApiVersion, Kind = owner.Kind, Name = owner.Metadata.Name, Uid = owner.Metadata.Uid }],
+            },
+        }, ns);
+        await Client.CustomObjects.DeleteNamespacedCustomObjectAsync(NbdOperator.Api.NbdApi.Group, NbdOperator.Api.NbdApi.Version, ns,
+            NbdOperator.Api.NbdExport.Plural, "owner");
+        await Wait.UntilAsync("the garbage collector to follow NbdExport owner references", async () =>
+            (await Client.CoreV1.ListNamespacedConfigMapAsync(ns)).Items.All(c => c.Metadata.Name != "dependent"), TimeSpan.FromSeconds(120));
+        await DeleteNamespaceAsync(ns);
     }
 
     public ValueTask DisposeAsync()

@@ -46,6 +46,8 @@ public sealed class PodRunner : IAsyncDisposable
     /// <summary>A PVC with this annotation set to "false" stays Pending (to test waiting for binding).</summary>
     public const string BindAnnotation = "test.nbdoperator.io/bind";
 
+    private const string PvcProtection = "kubernetes.io/pvc-protection";
+
     private static readonly ConcurrentDictionary<int, Process> AllProcesses = new();
     private static int _nextAddress;
 
@@ -82,7 +84,15 @@ public sealed class PodRunner : IAsyncDisposable
         _kubelet = new Controller("kubelet", new Reconciler(ReconcilePodAsync), metrics, _logger, workers: 2);
         _binder = new Controller("binder", new Reconciler(ReconcileClaimAsync), metrics, _logger, workers: 1);
         _snapshotter = new Controller("snapshotter", new Reconciler(ReconcileSnapshotAsync), metrics, _logger, workers: 1);
-        _pods.OnAny(p => _kubelet.Enqueue(ObjectKey.Of(p)));
+        _pods.OnAny(p =>
+        {
+            _kubelet.Enqueue(ObjectKey.Of(p));
+            // A claim being deleted waits for its pods to go.
+            foreach (var claim in p.Spec?.Volumes?.Select(v => v.PersistentVolumeClaim?.ClaimName).OfType<string>() ?? [])
+            {
+                _binder.Enqueue(new ObjectKey(ns, claim));
+            }
+        });
         _claims.OnAny(c =>
         {
             _binder.Enqueue(ObjectKey.Of(c));
@@ -198,7 +208,7 @@ public sealed class PodRunner : IAsyncDisposable
             {
                 Metadata = new V1ObjectMeta { Name = pod.Metadata.Name },
                 Target = new V1ObjectReference { ApiVersion = "v1", Kind = "Node", Name = node },
-            }, _ns, pod.Metadata.Name, cancellationToken: ct);
+            }, name: pod.Metadata.Name, namespaceParameter: _ns, cancellationToken: ct);
             return ReconcileResult.Done;
         }
 
@@ -491,8 +501,23 @@ public sealed class PodRunner : IAsyncDisposable
     private async Task<ReconcileResult> ReconcileClaimAsync(ObjectKey key, CancellationToken ct)
     {
         var claim = _claims.Cache.Get(key);
-        if (claim is null || claim.Metadata.DeletionTimestamp is not null)
+        if (claim is null)
         {
+            return ReconcileResult.Done;
+        }
+
+        if (claim.Metadata.DeletionTimestamp is not null)
+        {
+            // The pvc-protection controller's part: release the claim once no pod uses it.
+            var index = claim.Metadata.Finalizers?.IndexOf(PvcProtection) ?? -1;
+            if (index >= 0 && !_pods.Cache.List(_ns).Any(p => UsesClaim(p, claim.Metadata.Name) && p.Status?.Phase is not ("Succeeded" or "Failed")))
+            {
+                var patch = new V1Patch(
+                    $$"""[{"op":"test","path":"/metadata/finalizers/{{index}}","value":"{{PvcProtection}}"},{"op":"remove","path":"/metadata/finalizers/{{index}}"}]""",
+                    V1Patch.PatchType.JsonPatch);
+                await _client.CoreV1.PatchNamespacedPersistentVolumeClaimAsync(patch, claim.Metadata.Name, _ns, cancellationToken: ct);
+            }
+
             return ReconcileResult.Done;
         }
 

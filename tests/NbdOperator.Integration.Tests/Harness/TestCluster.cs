@@ -169,7 +169,7 @@ public sealed class TestCluster : IAsyncDisposable
         var e = await GetExportAsync(exportName);
         var pods = await Client.CoreV1.ListNamespacedPodAsync(Namespace);
         var events = await Client.CoreV1.ListNamespacedEventAsync(Namespace);
-        return $"export: {KubernetesJson.Serialize(e?.Status)}\n" +
+        return $"export: {(e?.Status is { } status ? KubernetesJson.Serialize(status) : "no status")}\n" +
                $"pods: {string.Join("; ", pods.Items.Select(p => $"{p.Metadata.Name} {p.Status?.Phase} node={p.Spec.NodeName} ip={p.Status?.PodIP}"))}\n" +
                $"events: {string.Join("; ", events.Items.Select(ev => $"{ev.Reason}: {ev.Message}"))}\n" +
                $"runner: {Runner.Logs}";

@@ -27,7 +27,7 @@ public sealed class TestOutputLoggerProvider(ITestOutputHelper? output, string p
             try
             {
                 output?.WriteLine($"{DateTime.UtcNow:HH:mm:ss.fff} {logLevel.ToString()[..4]} {category}: {formatter(state, exception)}" +
-                                  (exception is null ? "" : $" {exception.GetType().Name}: {exception.Message}"));
+                                  (exception is null ? "" : $" {exception}"));
             }
             catch (InvalidOperationException)
             {

@@ -44,7 +44,12 @@ public static class VolumeSnapshotCrd
 {
     public static V1CustomResourceDefinition Definition => new()
     {
-        Metadata = new V1ObjectMeta { Name = $"{VolumeSnapshot.Plural}.{VolumeSnapshot.Group}" },
+        Metadata = new V1ObjectMeta
+        {
+            Name = $"{VolumeSnapshot.Plural}.{VolumeSnapshot.Group}",
+            // *.k8s.io groups need this; the value is the one the external-snapshotter's CRDs carry.
+            Annotations = new Dictionary<string, string> { ["api-approved.kubernetes.io"] = "https://github.com/kubernetes-csi/external-snapshotter/pull/419" },
+        },
         Spec = new V1CustomResourceDefinitionSpec
         {
             Group = VolumeSnapshot.Group,

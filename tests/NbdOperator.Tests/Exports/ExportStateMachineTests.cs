@@ -408,6 +408,12 @@ public class ExportStateMachineTests
     }
 
     [Fact]
+    public void Differs_NoStatusYet_IsTrue()
+    {
+        Assert.True(StatusWriter.Differs(null, new NbdExportStatus()));
+    }
+
+    [Fact]
     public void ParseSnapshot_ReadsReadinessSizeAndSource()
     {
         var json = System.Text.Json.JsonDocument.Parse("""

@@ -28,7 +28,7 @@ public sealed class ManagerOptions
     public string LeaderElectionId { get; set; } = "nbd-operator-leader";
 
     /// <summary>This instance's identity in the Lease (the pod name in a cluster).</summary>
-    public string Identity { get; set; } = $"{Environment.MachineName}-{Guid.NewGuid():N}"[..40];
+    public string Identity { get; set; } = $"{Environment.MachineName}-{Guid.NewGuid():N}";
 
     public TimeSpan LeaseDuration { get; set; } = TimeSpan.FromSeconds(15);
     public TimeSpan RenewDeadline { get; set; } = TimeSpan.FromSeconds(10);

@@ -18,7 +18,7 @@ public sealed class StatusWriter(IKubernetes client)
     /// <summary>True when the status differs from <paramref name="desired"/> as the apiserver would store it.</summary>
     public static bool Differs<TStatus>(TStatus? current, TStatus desired)
         where TStatus : class =>
-        KubernetesJson.Serialize(current) != KubernetesJson.Serialize(desired);
+        current is null || KubernetesJson.Serialize(current) != KubernetesJson.Serialize(desired);
 
     /// <summary>Replaces the status of <paramref name="obj"/> with <paramref name="desired"/> unless they are equal.</summary>
     /// <returns>The object as stored after the write, or null when nothing was written.</returns>

@@ -105,15 +105,16 @@ public static class ExportStateMachine
             var shared = modes.Contains("ReadWriteMany") || modes.Contains("ReadOnlyMany");
             if (!shared && o.ClaimUsers.Count > 0)
             {
-                var users = string.Join(", ", o.ClaimUsers.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
+                var users = (o.ClaimUsers.Count == 1 ? "pod " : "pods ") +
+                            string.Join(", ", o.ClaimUsers.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
                 if (modes.Contains("ReadWriteOncePod"))
                 {
-                    return Refused($"PersistentVolumeClaim {ns}/{claimName} is ReadWriteOncePod and used by pod {users}; it cannot be exported while in use");
+                    return Refused($"PersistentVolumeClaim {ns}/{claimName} is ReadWriteOncePod and used by {users}; it cannot be exported while in use");
                 }
 
                 if (spec.ReadOnly == false)
                 {
-                    return Refused($"PersistentVolumeClaim {ns}/{claimName} is ReadWriteOnce and used by pod {users}; " +
+                    return Refused($"PersistentVolumeClaim {ns}/{claimName} is ReadWriteOnce and used by {users}; " +
                                    "a read-write export of an in-use volume is refused (set readOnly: true to export it read-only from that pod's node)");
                 }
 
@@ -121,7 +122,7 @@ public static class ExportStateMachine
                 if (nodes.Count == 0)
                 {
                     return Waiting(ExportReasons.SourceInUse,
-                        $"PersistentVolumeClaim {ns}/{claimName} is used by pod {users}, which has no node yet; waiting to export from its node");
+                        $"PersistentVolumeClaim {ns}/{claimName} is used by {users}, which has no node yet; waiting to export from its node");
                 }
 
                 pinToNode = nodes[0];
