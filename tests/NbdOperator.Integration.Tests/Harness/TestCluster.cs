@@ -39,8 +39,13 @@ public sealed class TestCluster : IAsyncDisposable
         TtlRecheck = TimeSpan.FromSeconds(1),
     };
 
-    /// <summary>The <c>nbd-sidecar</c> built next to these tests (the integration project references it).</summary>
-    public static string SidecarPath => Path.Combine(AppContext.BaseDirectory, "nbd-sidecar");
+    /// <summary>
+    /// The <c>nbd-sidecar</c> built next to these tests (the integration project references it), or the
+    /// one <c>NBD_SIDECAR</c> names (to run the end-to-end tests against another build).
+    /// </summary>
+    public static string SidecarPath => Environment.GetEnvironmentVariable("NBD_SIDECAR") is { Length: > 0 } path
+        ? path
+        : Path.Combine(AppContext.BaseDirectory, "nbd-sidecar");
 
     /// <summary>A namespace and its pod runner; <paramref name="realServer"/> runs nbd-sidecar for real.</summary>
     public static async Task<TestCluster> CreateAsync(KubeFixture fixture, string prefix, bool realServer = false)

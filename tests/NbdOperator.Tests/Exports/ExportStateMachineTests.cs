@@ -212,6 +212,23 @@ public class ExportStateMachineTests
     }
 
     [Fact]
+    public void Decide_FilesystemServerRefusesAMissingDiskImg_ReportsDiskImageMissing()
+    {
+        var plan = Decide(Running(claim: Claim(mode: "Filesystem"), phase: "Failed", ready: false, exitCode: 2,
+            message: "nbd-sidecar serve: --export vm-export=/data/disk.img: '/data/disk.img' does not exist", finishedAt: Now));
+
+        Assert.Equal(ExportReasons.DiskImageMissing, plan.Reason);
+    }
+
+    [Fact]
+    public void Decide_BlockServerExitsWithSourceError_IsAServerFailure()
+    {
+        var plan = Decide(Running(phase: "Failed", ready: false, exitCode: 3, message: "cannot open /dev/nbd-export", finishedAt: Now));
+
+        Assert.Equal(ExportReasons.ServerFailed, plan.Reason);
+    }
+
+    [Fact]
     public void Decide_InUseReadWriteOnceReadOnly_PinsThePodToTheUsersNode()
     {
         var plan = Decide(Observe(users: [User("virt-launcher-vm", node: "node-b")]));
