@@ -1,4 +1,7 @@
 using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Security.Cryptography.X509Certificates;
+using System.Text;
 using System.Text.Json;
 using k8s;
 using k8s.Models;
@@ -173,6 +176,58 @@ public class EndToEndTests(KubeFixture fixture)
         finally
         {
             File.Delete(reference);
+        }
+    }
+
+    [Fact]
+    public async Task Tls_ServesNbdsAndRefusesPlainClients()
+    {
+        await using var c = await TestCluster.CreateAsync(fixture, "e2e-tls", realServer: true);
+        await c.CreateClaimAsync("vm-disk", mode: "Block", size: "2Mi");
+        await c.WaitForClaimBoundAsync("vm-disk");
+        var image = Image(2 * MiB, seed: 5);
+        await File.WriteAllBytesAsync(c.Runner.VolumePath("vm-disk"), image, Ct);
+        using var key = RSA.Create(2048);
+        var request = new CertificateRequest($"CN=vm-export.{c.Namespace}.svc", key, HashAlgorithmName.SHA256, RSASignaturePadding.Pkcs1);
+        using var certificate = request.CreateSelfSigned(DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddHours(1));
+        await c.Client.CoreV1.CreateNamespacedSecretAsync(new V1Secret
+        {
+            Metadata = new V1ObjectMeta { Name = "export-tls" },
+            Type = "kubernetes.io/tls",
+            Data = new Dictionary<string, byte[]>
+            {
+                ["tls.crt"] = Encoding.ASCII.GetBytes(certificate.ExportCertificatePem()),
+                ["tls.key"] = Encoding.ASCII.GetBytes(key.ExportPkcs8PrivateKeyPem()),
+            },
+        }, c.Namespace, cancellationToken: Ct);
+        var copy = Path.Combine(Path.GetTempPath(), $"nbd-e2e-{Guid.NewGuid():N}.img");
+        try
+        {
+            await c.StartOperatorAsync();
+            await c.CreateExportAsync(TestCluster.NewExport("vm-export", "vm-disk", s =>
+            {
+                s.ExportName = "disk";
+                s.Tls = new ExportTls { SecretName = "export-tls" };
+            }));
+            var export = await c.WaitForReasonAsync("vm-export", ExportReasons.Ready);
+            Assert.StartsWith("nbds://", export.Status!.Endpoint, StringComparison.Ordinal);
+            var uri = await c.Runner.ResolveAsync(export.Status.Endpoint!);
+
+            // The certificate is self-signed for the Service name, so peer verification is off here.
+            var (infoCode, info) = await RunAsync("nbdinfo", uri + "?tls-verify-peer=false");
+            Assert.True(infoCode == 0, info);
+            Assert.Contains("with TLS", info, StringComparison.Ordinal);
+            var (copyCode, copyOutput) = await RunAsync("nbdcopy", uri + "?tls-verify-peer=false", copy);
+            Assert.True(copyCode == 0, copyOutput);
+            Assert.Equal(image, await File.ReadAllBytesAsync(copy, Ct));
+
+            // --tls require: a client that does not upgrade gets nothing.
+            var (plainCode, plain) = await RunAsync("nbdinfo", "nbd://" + uri["nbds://".Length..]);
+            Assert.True(plainCode != 0, plain);
+        }
+        finally
+        {
+            File.Delete(copy);
         }
     }
 
