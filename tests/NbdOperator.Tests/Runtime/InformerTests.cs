@@ -138,6 +138,27 @@ public class InformerTests
     }
 
     [Fact]
+    public async Task Run_EmptyWatchesEndingAtOnce_AreRetriedWithoutRelisting()
+    {
+        var lw = new FakeListWatch();
+        lw.Lists.Enqueue(([], "7"));
+        lw.AddWatch(end: true);
+        lw.AddWatch(end: true);
+        lw.AddWatch(end: true);
+        lw.AddWatch(end: false);
+        var informer = new Informer<V1Pod>(lw, NullLogger.Instance, Fast);
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+
+        var run = informer.RunAsync(stop.Token);
+        await WaitUntil(() => lw.WatchedFrom.Count == 4);
+        await stop.CancelAsync();
+        await run;
+
+        Assert.Equal(["7", "7", "7", "7"], lw.WatchedFrom);
+        Assert.Equal(1, lw.ListCalls);
+    }
+
+    [Fact]
     public async Task Run_Gone_RelistsAndReportsWhatChangedMeanwhile()
     {
         var lw = new FakeListWatch();

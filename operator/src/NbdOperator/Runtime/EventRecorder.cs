@@ -61,7 +61,9 @@ public sealed class EventRecorder(IKubernetes client, string component, ILogger 
                 }
             }
 
-            var name = $"{obj.Metadata.Name}.{Guid.NewGuid():N}"[..Math.Min(obj.Metadata.Name.Length + 17, 253)];
+            // NAME.<16 hex digits>, as kubectl's recorder names events; the name part leaves room for the suffix.
+            var baseName = obj.Metadata.Name.Length > 236 ? obj.Metadata.Name[..236] : obj.Metadata.Name;
+            var name = $"{baseName}.{Guid.NewGuid():N}"[..(baseName.Length + 17)];
             var ev = new Corev1Event
             {
                 Metadata = new V1ObjectMeta { Name = name, NamespaceProperty = ns },

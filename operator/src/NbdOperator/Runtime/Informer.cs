@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using k8s;
 using k8s.Models;
 using Microsoft.Extensions.Logging;
@@ -94,9 +95,12 @@ public sealed class Informer<T> : IInformer
                 }
 
                 Watches++;
+                var watchStarted = Stopwatch.GetTimestamp();
+                var events = 0;
                 await foreach (var (type, obj) in _listWatch.WatchAsync(resourceVersion, cancellationToken))
                 {
                     failures = 0;
+                    events++;
                     resourceVersion = LastResourceVersion = obj.Metadata?.ResourceVersion ?? resourceVersion;
                     switch (type)
                     {
@@ -126,7 +130,13 @@ public sealed class Informer<T> : IInformer
                     }
                 }
 
-                // The server closed the watch (its timeout): resume from where we are.
+                // The server closed the watch (its timeout): resume from where we are. A watch that ends at
+                // once without a single event is treated as a failure, so a misbehaving server is not hammered.
+                if (events == 0 && Stopwatch.GetElapsedTime(watchStarted) < TimeSpan.FromSeconds(1))
+                {
+                    await Task.Delay(_backoff.Delay(failures++), cancellationToken);
+                }
+
                 if (_logger.IsEnabled(LogLevel.Debug))
                 {
                     _logger.LogDebug("{Resource}: watch closed at resourceVersion {ResourceVersion}; watching again", Resource, resourceVersion);
