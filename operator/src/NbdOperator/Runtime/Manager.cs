@@ -208,6 +208,9 @@ public sealed class Manager : IAsyncDisposable
             await controllers;
         }
 
+        // The lease is not released on a graceful stop: KubernetesClient's elector measures expiry from when it
+        // last saw the record change, not from the record's times, so a "released" record (empty holder) gains
+        // nothing, and one without a holder makes its electors try to create the lease, forever.
         return cancellationToken.IsCancellationRequested ? ManagerExit.Stopped : ManagerExit.LeadershipLost;
     }
 
