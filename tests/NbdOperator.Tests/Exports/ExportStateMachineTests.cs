@@ -105,6 +105,15 @@ public class ExportStateMachineTests
     }
 
     [Fact]
+    public void Decide_FilesystemClaim_LeavesTheSizeUnset()
+    {
+        var plan = Decide(Observe(claim: Claim(mode: "Filesystem")));
+
+        Assert.Null(plan.SizeBytes);
+        Assert.Contains("vm-export=/data/disk.img", plan.Actions.OfType<CreatePod>().Single().Pod.Spec.Containers[0].Args);
+    }
+
+    [Fact]
     public void Decide_PodNotReady_StaysPendingAndExplains()
     {
         var initial = Observe();
@@ -330,7 +339,7 @@ public class ExportStateMachineTests
         Assert.Equal(claim.Metadata.Name, plan.ClaimName);
         Assert.Contains("--read-only", pod.Spec.Containers[0].Args);
         Assert.Contains("vm-export=/data/disk.img", pod.Spec.Containers[0].Args); // no source claim: Filesystem by default
-        Assert.Equal(1073741824, plan.SizeBytes);
+        Assert.Null(plan.SizeBytes); // disk.img's size, which only the server knows
         Assert.Equal(typeof(CreateClaim), plan.Actions[0].GetType());
     }
 

@@ -175,7 +175,7 @@ public sealed class NbdExportStatus
     [JsonPropertyName("endpoint")]
     public string? Endpoint { get; set; }
 
-    [Description("Size of the export in bytes, where known.")]
+    [Description("Size of the export in bytes: the device's in Block mode; not set in Filesystem mode (disk.img's size is known to the server only).")]
     [JsonPropertyName("sizeBytes")]
     public long? SizeBytes { get; set; }
 

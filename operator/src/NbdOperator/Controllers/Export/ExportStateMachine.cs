@@ -75,7 +75,8 @@ public static class ExportStateMachine
             }
         }
 
-        // Resolve the source to the claim that is served.
+        // Resolve the source to the claim that is served. The size is known for Block mode (the device is the
+        // claim's capacity); in Filesystem mode it is disk.img's, which only the server sees.
         var actions = new List<ExportAction>();
         V1PersistentVolumeClaim? claim;
         string claimName;
@@ -98,7 +99,7 @@ public static class ExportStateMachine
             }
 
             blockMode = claim.Spec?.VolumeMode == "Block";
-            size = CapacityBytes(claim);
+            size = blockMode ? CapacityBytes(claim) : null;
 
             // A ReadWriteOnce volume attaches to one node: a running user pins the export there, read-only.
             var modes = claim.Spec?.AccessModes ?? [];
@@ -164,7 +165,7 @@ public static class ExportStateMachine
 
             // The restore may wait for its first consumer (WaitForFirstConsumer): the pod is created regardless.
             blockMode = claim.Spec?.VolumeMode == "Block";
-            size = CapacityBytes(claim) ?? snapshot.RestoreSizeBytes;
+            size = blockMode ? CapacityBytes(claim) ?? snapshot.RestoreSizeBytes : null;
         }
 
         var resolved = ExportBuilders.Resolve(export, claimName, blockMode);
