@@ -117,6 +117,8 @@ public class PrometheusTextTests
         # TYPE nbd_server_connected_clients gauge
         nbd_server_connected_clients{export="disk"} 2
         nbd_server_connected_clients_total 17
+        # TYPE nbd_server_connections_total counter
+        nbd_server_connections_total 5
         # TYPE nbd_server_idle_seconds gauge
         nbd_server_idle_seconds 0
         """;
@@ -126,7 +128,7 @@ public class PrometheusTextTests
     {
         var stats = PrometheusText.ToStats(Scrape);
 
-        Assert.Equal(new ServerStats(2, 0), stats);
+        Assert.Equal(new ServerStats(2, 0, 5), stats);
     }
 
     [Fact]
@@ -139,7 +141,7 @@ public class PrometheusTextTests
             nbd_server_idle_seconds{export="b"} 30
             """);
 
-        Assert.Equal(new ServerStats(0, 30), stats);
+        Assert.Equal(new ServerStats(0, 30, null), stats);
     }
 
     [Fact]

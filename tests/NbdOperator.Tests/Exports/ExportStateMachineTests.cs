@@ -397,6 +397,39 @@ public class ExportStateMachineTests
     }
 
     [Fact]
+    public void Decide_TtlReplacedServerWithoutClients_KeepsTheEarlierIdleSince()
+    {
+        var export = TtlExport();
+        export.Status = new NbdExportStatus { IdleSince = Now.AddMinutes(-30) };
+
+        var plan = Decide(Running(export, stats: new ServerStats(0, 20, ConnectionsTotal: 0)));
+
+        Assert.Equal(Now.AddMinutes(-30), plan.IdleSince);
+    }
+
+    [Fact]
+    public void Decide_TtlClientCameAndLeftBetweenChecks_RestartsTheIdleTime()
+    {
+        var export = TtlExport();
+        export.Status = new NbdExportStatus { IdleSince = Now.AddMinutes(-30) };
+
+        var plan = Decide(Running(export, stats: new ServerStats(0, 20, ConnectionsTotal: 3)));
+
+        Assert.Equal(Now.AddSeconds(-20), plan.IdleSince);
+    }
+
+    [Fact]
+    public void Decide_TtlServerRestarting_KeepsTheIdleSince()
+    {
+        var export = TtlExport();
+        export.Status = new NbdExportStatus { IdleSince = Now.AddMinutes(-30) };
+
+        var plan = Decide(Observe(export));
+
+        Assert.Equal((ExportState.Starting, (DateTime?)Now.AddMinutes(-30)), (plan.State, plan.IdleSince));
+    }
+
+    [Fact]
     public void Decide_TtlStatsUnreadable_KeepsCountingFromTheStoredIdleSince()
     {
         var export = TtlExport("10m");

@@ -24,8 +24,11 @@ public sealed record ExportSettings(string SidecarImage)
 /// <summary>What the VolumeSnapshot of a snapshot source looks like (the snapshot API may not even exist).</summary>
 public sealed record SnapshotInfo(bool Found, bool ReadyToUse, long? RestoreSizeBytes, string? SourceClaimName, string? Error);
 
-/// <summary>What the server reports on its metrics endpoint.</summary>
-public sealed record ServerStats(int ConnectedClients, double IdleSeconds);
+/// <summary>
+/// What the server reports on its metrics endpoint: clients connected now, seconds since the last one left
+/// (or since start), and, where the server reports it, how many clients it has had since start.
+/// </summary>
+public sealed record ServerStats(int ConnectedClients, double IdleSeconds, long? ConnectionsTotal = null);
 
 /// <summary>Everything the state machine decides from, gathered by the reconciler (or a test).</summary>
 public sealed class ExportObservation

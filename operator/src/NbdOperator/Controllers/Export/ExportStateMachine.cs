@@ -195,6 +195,8 @@ public static class ExportStateMachine
 
         var plan = new ExportPlan(ExportState.Starting, ExportPhases.Pending, Conditions.False, ExportReasons.PodPending, "")
         {
+            // While the server is (re)starting, the ttl keeps counting from where it was.
+            IdleSince = spec.Ttl is null ? null : export.Status?.IdleSince,
             Endpoint = endpoint,
             SizeBytes = size,
             ReadOnly = resolved.ReadOnly,
@@ -254,8 +256,13 @@ public static class ExportStateMachine
             }
             else
             {
+                // The server counts from its own start; a replaced server that has had no client since
+                // must not restart the ttl, so an earlier idle start is kept when no client came in between.
                 var candidate = Conditions.TruncateToSeconds(o.Now - TimeSpan.FromSeconds(stats.IdleSeconds));
-                idleSince = previous is { } p && (p - candidate).Duration() <= IdleSinceTolerance ? p : candidate;
+                idleSince = previous is { } p &&
+                            ((p - candidate).Duration() <= IdleSinceTolerance || (stats.ConnectionsTotal == 0 && p < candidate))
+                    ? p
+                    : candidate;
             }
         }
 

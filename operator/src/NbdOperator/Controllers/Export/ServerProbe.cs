@@ -40,6 +40,7 @@ public static class PrometheusText
 {
     public const string ConnectedClients = "nbd_server_connected_clients";
     public const string IdleSeconds = "nbd_server_idle_seconds";
+    public const string ConnectionsTotal = "nbd_server_connections_total";
 
     /// <summary>The server's statistics from a scrape, or null when the gauges are missing.</summary>
     public static ServerStats? ToStats(string text)
@@ -52,7 +53,8 @@ public static class PrometheusText
         }
 
         // Per-export series add up to the server's clients; the server is idle for the least idle export.
-        return new ServerStats((int)clients.Sum(), idle.Min());
+        var total = Values(text, ConnectionsTotal).ToList();
+        return new ServerStats((int)clients.Sum(), idle.Min(), total.Count == 0 ? null : (long)total.Sum());
     }
 
     /// <summary>The values of every series of <paramref name="metric"/> (any labels).</summary>
