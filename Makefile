@@ -36,8 +36,24 @@ lint: ## Check formatting and code style (dotnet format --verify-no-changes)
 format: ## Apply formatting and code-style fixes
 	$(DOTNET) format NbdOperator.sln -v:q
 
+.PHONY: manifests
+manifests: ## Generate crds/*.yaml from the C# API types (operator/src/NbdOperator/Api)
+	$(DOTNET) run --project operator/src/NbdOperator -c $(CONFIGURATION) -v:q -- generate-crds crds >/dev/null
+
+.PHONY: check-manifests
+check-manifests: ## Fail if crds/*.yaml differ from what `make manifests` generates
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(DOTNET) run --project operator/src/NbdOperator -c $(CONFIGURATION) -v:q -- generate-crds "$$tmp" >/dev/null; \
+	if ! diff -ru --exclude=samples "$$tmp" crds >&2 || [ -n "$$(cd crds && ls *.yaml | grep -vxFf <(cd $$tmp && ls))" ]; then \
+	  echo "check-manifests: crds/ is out of date; run 'make manifests' and commit the result" >&2; exit 1; \
+	fi
+
+.PHONY: run-operator
+run-operator: build ## Run the operator against $$KUBECONFIG (ARGS="--namespace vms" for more flags)
+	$(OPERATOR) --metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 $(ARGS)
+
 .PHONY: test
-test: deps build lint ## Install test dependencies, build, and run every test
+test: deps build lint check-manifests ## Install test dependencies, build, and run every test
 	$(DOTNET) test --solution NbdOperator.sln -c $(CONFIGURATION) --no-build --results-directory $(ARTIFACTS)/test-results $(TEST_ARGS)
 
 .PHONY: bench-copy

@@ -1,0 +1,86 @@
+using NbdOperator.Api;
+
+namespace NbdOperator.Controllers.Export;
+
+/// <summary>
+/// Checks what the CRD schema cannot (exactly one source, a port that does not clash with the metrics
+/// port, read-only snapshots) and re-checks what it can, for objects stored before a schema change.
+/// Pure: the messages say what is wrong and how to fix it.
+/// </summary>
+public static class ExportSpecValidator
+{
+    private static readonly HashSet<string> ServiceTypes = ["ClusterIP", "NodePort", "LoadBalancer"];
+
+    public static IReadOnlyList<string> Validate(NbdExportSpec? spec)
+    {
+        var errors = new List<string>();
+        if (spec is null)
+        {
+            errors.Add("spec is missing");
+            return errors;
+        }
+
+        var pvc = spec.Source?.PersistentVolumeClaim;
+        var snapshot = spec.Source?.VolumeSnapshot;
+        switch (pvc, snapshot)
+        {
+            case (null, null):
+                errors.Add("spec.source must set exactly one of persistentVolumeClaim or volumeSnapshot; it sets neither");
+                break;
+            case (not null, not null):
+                errors.Add("spec.source must set exactly one of persistentVolumeClaim or volumeSnapshot; it sets both");
+                break;
+            case (not null, null) when string.IsNullOrWhiteSpace(pvc.ClaimName):
+                errors.Add("spec.source.persistentVolumeClaim.claimName is empty");
+                break;
+            case (null, not null) when string.IsNullOrWhiteSpace(snapshot.Name):
+                errors.Add("spec.source.volumeSnapshot.name is empty");
+                break;
+        }
+
+        if (snapshot is not null && spec.ReadOnly == false)
+        {
+            errors.Add("a volumeSnapshot source is served read-only; remove spec.readOnly: false");
+        }
+
+        if (snapshot?.VolumeMode is { } mode && mode is not ("Block" or "Filesystem"))
+        {
+            errors.Add($"spec.source.volumeSnapshot.volumeMode '{mode}' must be Block or Filesystem");
+        }
+
+        if (spec.Port is { } port)
+        {
+            if (port is < 1 or > 65535)
+            {
+                errors.Add($"spec.port {port} is outside 1-65535");
+            }
+            else if (port == ExportLabels.MetricsPort)
+            {
+                errors.Add($"spec.port {port} is taken by the server's metrics endpoint; choose another port");
+            }
+        }
+
+        if (spec.ExportName is { } name &&
+            (name.Length is 0 or > 255 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_' or '-') || !char.IsAsciiLetterOrDigit(name[0])))
+        {
+            errors.Add($"spec.exportName '{name}' must be 1-255 letters, digits, '.', '_' or '-', starting with a letter or digit");
+        }
+
+        if (spec.Ttl is { } ttl && (!GoDuration.TryParse(ttl, out var duration) || duration <= TimeSpan.Zero))
+        {
+            errors.Add($"spec.ttl '{ttl}' is not a positive duration such as 90m or 2h");
+        }
+
+        if (spec.Service?.Type is { } type && !ServiceTypes.Contains(type))
+        {
+            errors.Add($"spec.service.type '{type}' must be ClusterIP, NodePort or LoadBalancer");
+        }
+
+        if (spec.Tls is { } tls && string.IsNullOrWhiteSpace(tls.SecretName))
+        {
+            errors.Add("spec.tls.secretName is empty");
+        }
+
+        return errors;
+    }
+}

@@ -1,0 +1,275 @@
+using System.Net;
+using System.Text.Json;
+using k8s;
+using k8s.Autorest;
+using k8s.Models;
+using Microsoft.Extensions.Logging;
+using NbdOperator.Api;
+using NbdOperator.Runtime;
+
+namespace NbdOperator.Controllers.Export;
+
+/// <summary>
+/// Reconciles one NbdExport: observes (informer caches, plus direct reads of what is not watched:
+/// Secrets, the VolumeSnapshot, the server's metrics), lets <see cref="ExportStateMachine"/> decide,
+/// carries out the plan, writes the status when it changed and records an event on every change of reason.
+/// </summary>
+public sealed class NbdExportReconciler(
+    IKubernetes client,
+    Informer<NbdExport> exports,
+    Informer<V1Pod> pods,
+    Informer<V1PersistentVolumeClaim> claims,
+    Informer<V1Service> services,
+    StatusWriter statusWriter,
+    EventRecorder events,
+    IServerProbe probe,
+    ExportSettings settings,
+    ILogger logger,
+    TimeProvider? time = null) : IReconciler
+{
+    private readonly TimeProvider _time = time ?? TimeProvider.System;
+
+    public async Task<ReconcileResult> ReconcileAsync(ObjectKey key, CancellationToken cancellationToken)
+    {
+        var export = exports.Cache.Get(key);
+        if (export is null)
+        {
+            return ReconcileResult.Done; // deleted: owner references take the children away
+        }
+
+        var observation = await ObserveAsync(export, cancellationToken);
+        var plan = ExportStateMachine.Decide(observation, settings);
+        if (logger.IsEnabled(LogLevel.Debug))
+        {
+            logger.LogDebug("{Key}: {State} ({Reason}) with {Actions} action(s)", key, plan.State, plan.Reason, plan.Actions.Count);
+        }
+
+        foreach (var action in plan.Actions)
+        {
+            await ExecuteAsync(export, action, cancellationToken);
+        }
+
+        if (plan.State == ExportState.Expired)
+        {
+            return ReconcileResult.Done; // the export is gone
+        }
+
+        var previous = Conditions.Find(export.Status?.Conditions, ExportReasons.ReadyCondition);
+        var status = BuildStatus(export, plan, observation.Now);
+        try
+        {
+            await statusWriter.UpdateAsync<NbdExport, NbdExportStatus>(export, status, NbdExport.Plural, cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound && plan.State == ExportState.Terminating)
+        {
+            return ReconcileResult.Done;
+        }
+
+        if (previous?.Reason != plan.Reason || previous?.Status != plan.ConditionStatus)
+        {
+            var type = plan.Phase == ExportPhases.Failed ? EventRecorder.Warning : EventRecorder.Normal;
+            await events.RecordAsync(export, type, plan.Reason, plan.Message, cancellationToken);
+        }
+
+        return plan.RequeueAfter is { } delay ? ReconcileResult.After(delay) : ReconcileResult.Done;
+    }
+
+    /// <summary>The status the plan describes, with the Ready condition's transition semantics.</summary>
+    public static NbdExportStatus BuildStatus(NbdExport export, ExportPlan plan, DateTime now)
+    {
+        var conditions = export.Status?.Conditions is { } old
+            ? KubernetesJson.Deserialize<List<V1Condition>>(KubernetesJson.Serialize(old))
+            : [];
+        Conditions.Set(conditions, ExportReasons.ReadyCondition, plan.ConditionStatus, plan.Reason, plan.Message,
+            export.Metadata.Generation, now);
+        return new NbdExportStatus
+        {
+            Phase = plan.Phase,
+            Endpoint = plan.Endpoint,
+            SizeBytes = plan.SizeBytes,
+            ReadOnly = plan.ReadOnly,
+            ClaimName = plan.ClaimName,
+            PodName = plan.PodName,
+            NodeName = string.IsNullOrEmpty(plan.NodeName) ? null : plan.NodeName,
+            ConnectedClients = plan.ConnectedClients,
+            IdleSince = plan.IdleSince,
+            ObservedGeneration = export.Metadata.Generation,
+            Conditions = conditions,
+        };
+    }
+
+    private async Task<ExportObservation> ObserveAsync(NbdExport export, CancellationToken cancellationToken)
+    {
+        var ns = export.Metadata.NamespaceProperty;
+        var spec = export.Spec;
+        var uid = export.Metadata.Uid;
+        var owned = pods.Cache.ListOwnedBy(uid).Where(p => p.Metadata.NamespaceProperty == ns).ToList();
+
+        var servedClaim = spec.Source?.PersistentVolumeClaim?.ClaimName ??
+                          (spec.Source?.VolumeSnapshot is not null ? ExportBuilders.RestoredClaimName(export) : null);
+        var users = servedClaim is null
+            ? []
+            : pods.Cache.List(ns)
+                .Where(p => p.Metadata.DeletionTimestamp is null && p.Status?.Phase is not ("Succeeded" or "Failed"))
+                .Where(p => !ExportStateMachine.IsOwnedBy(p.Metadata, export))
+                .Where(p => p.Spec?.Volumes?.Any(v => v.PersistentVolumeClaim?.ClaimName == servedClaim) == true)
+                .ToList();
+
+        SnapshotInfo? snapshot = null;
+        V1PersistentVolumeClaim? snapshotSource = null;
+        V1PersistentVolumeClaim? restored = null;
+        if (spec.Source?.VolumeSnapshot is { Name.Length: > 0 } snap && spec.Source.PersistentVolumeClaim is null)
+        {
+            snapshot = await ReadSnapshotAsync(ns, snap.Name, cancellationToken);
+            if (snapshot.SourceClaimName is { } sourceName)
+            {
+                snapshotSource = claims.Cache.Get(ns, sourceName);
+            }
+
+            restored = claims.Cache.Get(ns, ExportBuilders.RestoredClaimName(export)) is { } r && ExportStateMachine.IsOwnedBy(r.Metadata, export)
+                ? r
+                : null;
+        }
+
+        bool? tlsFound = null, caFound = null;
+        if (spec.Tls is { SecretName.Length: > 0 } tls)
+        {
+            tlsFound = await SecretExistsAsync(ns, tls.SecretName, cancellationToken);
+            if (!string.IsNullOrEmpty(tls.ClientCASecretName))
+            {
+                caFound = await SecretExistsAsync(ns, tls.ClientCASecretName, cancellationToken);
+            }
+        }
+
+        ServerStats? stats = null;
+        if (spec.Ttl is not null && owned.FirstOrDefault(p => p.Metadata.DeletionTimestamp is null && ExportStateMachine.IsReady(p)) is { } ready)
+        {
+            stats = await probe.ReadAsync(ready, cancellationToken);
+        }
+
+        return new ExportObservation
+        {
+            Export = export,
+            Now = _time.GetUtcNow().UtcDateTime,
+            SourceClaim = spec.Source?.PersistentVolumeClaim is { } pvc ? claims.Cache.Get(ns, pvc.ClaimName) : null,
+            Snapshot = snapshot,
+            SnapshotSourceClaim = snapshotSource,
+            RestoredClaim = restored,
+            ClaimUsers = users,
+            TlsSecretFound = tlsFound,
+            ClientCaSecretFound = caFound,
+            ServerPods = owned,
+            Service = services.Cache.Get(ns, ExportBuilders.ServiceName(export)),
+            Stats = stats,
+        };
+    }
+
+    private async Task ExecuteAsync(NbdExport export, ExportAction action, CancellationToken cancellationToken)
+    {
+        var ns = export.Metadata.NamespaceProperty;
+        try
+        {
+            switch (action)
+            {
+                case CreateClaim c:
+                    await client.CoreV1.CreateNamespacedPersistentVolumeClaimAsync(c.Claim, ns, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "RestoringSnapshot",
+                        $"created PersistentVolumeClaim {c.Claim.Metadata.Name} from VolumeSnapshot {export.Spec.Source.VolumeSnapshot?.Name}", cancellationToken);
+                    break;
+                case CreatePod c:
+                    await client.CoreV1.CreateNamespacedPodAsync(c.Pod, ns, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "CreatedPod", $"created server pod {c.Pod.Metadata.Name}", cancellationToken);
+                    break;
+                case DeletePod d:
+                    await client.CoreV1.DeleteNamespacedPodAsync(d.Name, ns, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "DeletedPod", $"deleted server pod {d.Name}: {d.Why}", cancellationToken);
+                    break;
+                case CreateService c:
+                    await client.CoreV1.CreateNamespacedServiceAsync(c.Service, ns, cancellationToken: cancellationToken);
+                    break;
+                case DeleteService d:
+                    await client.CoreV1.DeleteNamespacedServiceAsync(d.Name, ns, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "DeletedService", $"deleted Service {d.Name}: {d.Why}", cancellationToken);
+                    break;
+                case DeleteExport d:
+                    await events.NormalAsync(export, ExportReasons.Expired, $"deleting the export: {d.Why}", cancellationToken);
+                    await client.CustomObjects.DeleteNamespacedCustomObjectAsync(NbdApi.Group, NbdApi.Version, ns, NbdExport.Plural,
+                        export.Metadata.Name, cancellationToken: cancellationToken);
+                    break;
+                default:
+                    throw new InvalidOperationException($"unknown action {action}");
+            }
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict && action is CreateClaim or CreatePod or CreateService)
+        {
+            // AlreadyExists: our cache is behind; the watch brings the object and another reconcile.
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound && action is DeletePod or DeleteService or DeleteExport)
+        {
+            // Already gone.
+        }
+    }
+
+    private async Task<bool> SecretExistsAsync(string ns, string name, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await client.CoreV1.ReadNamespacedSecretAsync(name, ns, cancellationToken: cancellationToken);
+            return true;
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return false;
+        }
+    }
+
+    private async Task<SnapshotInfo> ReadSnapshotAsync(string ns, string name, CancellationToken cancellationToken)
+    {
+        JsonElement json;
+        try
+        {
+            json = await client.CustomObjects.GetNamespacedCustomObjectAsync<JsonElement>(ExportBuilders.SnapshotApiGroup, "v1", ns,
+                "volumesnapshots", name, cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            // Also what a cluster without the snapshot API answers.
+            return new SnapshotInfo(false, false, null, null, null);
+        }
+
+        return ParseSnapshot(json);
+    }
+
+    /// <summary>The parts of a snapshot.storage.k8s.io/v1 VolumeSnapshot the export needs.</summary>
+    public static SnapshotInfo ParseSnapshot(JsonElement json)
+    {
+        string? source = null, error = null;
+        var ready = false;
+        long? size = null;
+        if (json.TryGetProperty("spec", out var spec) && spec.TryGetProperty("source", out var src) &&
+            src.TryGetProperty("persistentVolumeClaimName", out var pvcName) && pvcName.ValueKind == JsonValueKind.String)
+        {
+            source = pvcName.GetString();
+        }
+
+        if (json.TryGetProperty("status", out var status))
+        {
+            ready = status.TryGetProperty("readyToUse", out var r) && r.ValueKind == JsonValueKind.True;
+            if (status.TryGetProperty("restoreSize", out var rs))
+            {
+                var text = rs.ValueKind == JsonValueKind.Number ? rs.GetRawText() : rs.GetString();
+                if (text is not null)
+                {
+                    size = (long)new ResourceQuantity(text).ToDecimal();
+                }
+            }
+
+            if (status.TryGetProperty("error", out var err) && err.TryGetProperty("message", out var msg))
+            {
+                error = msg.GetString();
+            }
+        }
+
+        return new SnapshotInfo(true, ready, size, source, error);
+    }
+}
