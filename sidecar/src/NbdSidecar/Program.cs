@@ -9,6 +9,7 @@ internal static class Program
     /// <summary>Every subcommand: its name, a one-line summary and the function that runs it.</summary>
     private static readonly (string Name, string Summary, Func<string[], CancellationToken, Task<int>> Run)[] Commands =
     [
+        ("serve", NbdSidecar.Commands.ServeCommand.Summary, NbdSidecar.Commands.ServeCommand.RunAsync),
     ];
 
     private static async Task<int> Main(string[] args)
