@@ -56,6 +56,12 @@ public sealed class NbdServerOptions
     /// <summary>Threads per connection that execute requests concurrently (besides the one reading them).</summary>
     public int WorkersPerConnection { get; init; } = 8;
 
+    /// <summary>
+    /// Let the reading thread execute a quick request itself when nothing else waits to be read (saves a
+    /// thread hand-off per request at low queue depth); off only in tests that need every request on a worker.
+    /// </summary>
+    internal bool ExecuteInline { get; init; } = true;
+
     /// <summary>Use sendfile for read payloads on plain sockets (off only to measure its effect).</summary>
     public bool ZeroCopy { get; init; } = true;
 }

@@ -44,6 +44,7 @@ internal sealed class TransmissionSession
     private readonly long _budget;
     private readonly int _maxWorkers;
     private readonly long _maxDiscardable;
+    private readonly bool _executeInline;
     private readonly Lock _sendLock = new();
     private readonly object _budgetGate = new();
     private readonly object _workGate = new();
@@ -74,6 +75,7 @@ internal sealed class TransmissionSession
         _budget = Math.Max(1, server.Options.MaxInFlightBytesPerConnection);
         _maxWorkers = Math.Max(0, server.Options.WorkersPerConnection);
         _maxDiscardable = Math.Max(NbdLimits.PortablePayload, context.BlockSizes.Maximum);
+        _executeInline = server.Options.ExecuteInline;
         Id = id;
     }
 
@@ -177,7 +179,7 @@ internal sealed class TransmissionSession
             }
 
             var work = new Work(request, payload, cost);
-            if (_input.Buffered == 0 || _maxWorkers == 0)
+            if (_maxWorkers == 0 || (_executeInline && _input.Buffered == 0 && IsQuick(request)))
             {
                 // Nothing else has arrived: running it here saves a thread hand-off.
                 Execute(work);
@@ -188,6 +190,14 @@ internal sealed class TransmissionSession
             }
         }
     }
+
+    /// <summary>
+    /// Requests cheap enough to run on the reading thread: reads, block status, cache hints and plain writes.
+    /// FLUSH, FUA, TRIM and WRITE_ZEROES may wait on the disk for long and go to a worker.
+    /// </summary>
+    private static bool IsQuick(in NbdRequest request) =>
+        request.Command is NbdCommand.Read or NbdCommand.BlockStatus or NbdCommand.Cache
+        || (request.Command == NbdCommand.Write && (request.Flags & CommandFlags.Fua) == 0);
 
     private void Reject(in NbdRequest request, NbdError error, ulong payloadLength)
     {
