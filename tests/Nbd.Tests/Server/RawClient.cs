@@ -142,7 +142,10 @@ public sealed class RawClient : IDisposable
         var header = new byte[NbdLimits.ExtendedRequestHeaderSize];
         var n = Transmission.WriteRequest(new NbdRequest(flags, command, cookie, offset, length), Style, header);
         Write(header.AsSpan(0, n));
-        Write(payload);
+        if (!payload.IsEmpty)
+        {
+            Write(payload);
+        }
     }
 
     /// <summary>Reads one reply header and its chunk payload (READ data after a simple reply is left unread).</summary>
