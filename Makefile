@@ -40,6 +40,14 @@ format: ## Apply formatting and code-style fixes
 test: deps build lint ## Install test dependencies, build, and run every test
 	$(DOTNET) test --solution NbdOperator.sln -c $(CONFIGURATION) --no-build --results-directory $(ARTIFACTS)/test-results $(TEST_ARGS)
 
+.PHONY: run
+run: build ## Serve a sample sparse disk on 127.0.0.1:10809 and a unix socket (Ctrl-C stops)
+	@sidecar/scripts/run-local.sh
+
+.PHONY: bench
+bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--quick for a smoke run)
+	@tests/bench/server-bench.sh $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf $(ARTIFACTS)
