@@ -14,6 +14,9 @@ internal sealed class InputBuffer(ConnectionTransport transport, int capacity)
     private int _start;
     private int _end;
 
+    /// <summary>Called before every receive that may block (the session sends its batched replies there).</summary>
+    public Action? BeforeReceive { get; set; }
+
     /// <summary>Bytes received but not yet consumed.</summary>
     public int Buffered => _end - _start;
 
@@ -58,6 +61,7 @@ internal sealed class InputBuffer(ConnectionTransport transport, int capacity)
         destination = destination[fromBuffer..];
         while (!destination.IsEmpty)
         {
+            BeforeReceive?.Invoke();
             var n = transport.Receive(destination);
             if (n == 0)
             {
@@ -103,6 +107,7 @@ internal sealed class InputBuffer(ConnectionTransport transport, int capacity)
             _start = 0;
         }
 
+        BeforeReceive?.Invoke();
         var n = transport.Receive(_buffer.AsSpan(_end));
         if (n == 0)
         {

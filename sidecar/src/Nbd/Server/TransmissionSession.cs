@@ -29,6 +29,9 @@ internal sealed class TransmissionSession
     /// <summary>Extents are looked up in windows of this size, so a huge query stops early once it has enough.</summary>
     private const long ExtentWindow = 1L << 30;
 
+    /// <summary>Size of the reply batch; a reply that does not fit goes out on its own.</summary>
+    private const int BatchCapacity = 256 * 1024;
+
     private static readonly byte[] Zeroes = new byte[64 * 1024];
 
     /// <summary>A quick request that takes longer than this waited for the disk, not the page cache.</summary>
@@ -67,6 +70,12 @@ internal sealed class TransmissionSession
     private long _requests;
     private long _parallelUntil;
 
+    // Replies of requests the reader executed itself collect here and leave in one send before the reader
+    // next waits for input: at queue depth 16 that is one system call (and one client wake-up) instead of 16.
+    private NativeBuffer? _batch;
+    private int _batchLength;
+    private int _readerThreadId = -1;
+
     public TransmissionSession(NbdServer server, ConnectionTransport transport, InputBuffer input, NbdExport export, TransmissionContext context, long id)
     {
         _server = server;
@@ -92,12 +101,17 @@ internal sealed class TransmissionSession
     /// <summary>Serves requests until the client disconnects, the stream breaks, or a stop was requested.</summary>
     public void Run()
     {
+        _readerThreadId = Environment.CurrentManagedThreadId;
+        _input.BeforeReceive = FlushBatch;
         try
         {
             ReadRequests();
+            FlushBatch();
         }
         catch (NbdProtocolException e)
         {
+            // Replies to the requests before the bad one are owed and still deliverable.
+            TrySend(FlushBatch);
             if (!_stopping)
             {
                 Fail(e.Message);
@@ -117,6 +131,14 @@ internal sealed class TransmissionSession
         }
         finally
         {
+            _readerThreadId = -1;
+            _input.BeforeReceive = null;
+            if (_batch is not null)
+            {
+                _pool.Return(_batch);
+                _batch = null;
+            }
+
             WaitForInFlight();
             StopWorkers();
             if (!_failed)
@@ -304,9 +326,15 @@ internal sealed class TransmissionSession
             }
 
             var finished = Stopwatch.GetTimestamp();
-            if (finished - started > SlowRequestTicks && IsQuick(request))
+            if (finished - started > SlowRequestTicks)
             {
-                _parallelUntil = finished + ParallelPeriodTicks;
+                if (IsQuick(request))
+                {
+                    _parallelUntil = finished + ParallelPeriodTicks;
+                }
+
+                // Replies batched before a slow request must not wait for the next one too.
+                TryFlushBatch();
             }
 
             Complete(work.Cost, started: true);
@@ -375,6 +403,15 @@ internal sealed class TransmissionSession
             return true;
         }
 
+        var batched = ReserveBatch(header.Length + length);
+        if (!batched.IsEmpty)
+        {
+            _device.Read(offset, batched[header.Length..]);
+            header.CopyTo(batched);
+            CommitBatch(batched.Length);
+            return true;
+        }
+
         var buffer = _pool.Rent(length);
         try
         {
@@ -418,6 +455,19 @@ internal sealed class TransmissionSession
         if (_sendFile && length >= SendFileThreshold)
         {
             return ReadStructuredFromFile(request, extents ?? [new Extent(offset, length, AllocationFlags.Data)]);
+        }
+
+        if (extents is null)
+        {
+            var headerLength = Transmission.ChunkHeaderSize(_style) + ReplyChunks.OffsetDataPrefixSize;
+            var batched = ReserveBatch(headerLength + length);
+            if (!batched.IsEmpty)
+            {
+                _device.Read(offset, batched[headerLength..]);
+                WriteDataChunkHeader(batched, request, offset, length, ReplyFlags.Done);
+                CommitBatch(batched.Length);
+                return true;
+            }
         }
 
         var buffer = _pool.Rent(length);
@@ -575,10 +625,7 @@ internal sealed class TransmissionSession
             var type = extended ? ReplyType.BlockStatusExtended : ReplyType.BlockStatus;
             Transmission.WriteChunkHeader(Chunk(request, ReplyFlags.Done, type, (ulong)payloadLength), _style, message);
             ReplyChunks.WriteBlockStatus(NbdSession.AllocationContextId, descriptors, extended, message[headerLength..]);
-            lock (_sendLock)
-            {
-                _transport.Send(message);
-            }
+            SendMessage(message);
         }
         finally
         {
@@ -609,10 +656,7 @@ internal sealed class TransmissionSession
         var n = _style == HeaderStyle.Extended || (forceChunk && _style == HeaderStyle.Structured)
             ? Transmission.WriteChunkHeader(Chunk(request, ReplyFlags.Done, ReplyType.None, 0), _style, header)
             : Transmission.WriteSimpleReply(new SimpleReply(NbdError.None, request.Cookie), header);
-        lock (_sendLock)
-        {
-            _transport.Send(header[..n]);
-        }
+        SendMessage(header[..n]);
     }
 
     /// <summary>An error: a simple reply when nothing was negotiated, else an ERROR chunk that carries the message.</summary>
@@ -622,11 +666,7 @@ internal sealed class TransmissionSession
         {
             Span<byte> header = stackalloc byte[NbdLimits.SimpleReplyHeaderSize];
             Transmission.WriteSimpleReply(new SimpleReply(error, request.Cookie), header);
-            lock (_sendLock)
-            {
-                _transport.Send(header);
-            }
-
+            SendMessage(header);
             return;
         }
 
@@ -644,6 +684,66 @@ internal sealed class TransmissionSession
         Transmission.WriteChunkHeader(Chunk(request, ReplyFlags.Done, type, (ulong)payloadLength), _style, output);
         ReplyChunks.WriteError(error, output);
         _transport.Send(output.WrittenSpan);
+    }
+
+    /// <summary>Sends one whole reply: into the batch on the reader thread, else straight out under the send lock.</summary>
+    private void SendMessage(ReadOnlySpan<byte> message)
+    {
+        var batched = ReserveBatch(message.Length);
+        if (!batched.IsEmpty)
+        {
+            message.CopyTo(batched);
+            CommitBatch(message.Length);
+            return;
+        }
+
+        lock (_sendLock)
+        {
+            _transport.Send(message);
+        }
+    }
+
+    /// <summary>Room for a reply of <paramref name="length"/> bytes in the batch, or empty where batching does not apply.</summary>
+    private Span<byte> ReserveBatch(int length)
+    {
+        if (Environment.CurrentManagedThreadId != _readerThreadId || length > BatchCapacity)
+        {
+            return [];
+        }
+
+        if (_batchLength + length > BatchCapacity)
+        {
+            FlushBatch();
+        }
+
+        _batch ??= _pool.Rent(BatchCapacity);
+        return _batch.Payload(BatchCapacity).Slice(_batchLength, length);
+    }
+
+    private void CommitBatch(int length) => _batchLength += length;
+
+    /// <summary>Sends the batched replies (reader thread only).</summary>
+    private void FlushBatch()
+    {
+        if (_batchLength == 0 || _batch is null)
+        {
+            return;
+        }
+
+        var length = _batchLength;
+        _batchLength = 0;
+        lock (_sendLock)
+        {
+            _transport.Send(_batch.Payload(length));
+        }
+    }
+
+    private void TryFlushBatch()
+    {
+        if (Environment.CurrentManagedThreadId == _readerThreadId)
+        {
+            FlushBatch();
+        }
     }
 
     private void TrySend(Action send)
@@ -677,6 +777,11 @@ internal sealed class TransmissionSession
 
     private void AcquireBudget(long cost)
     {
+        if (Volatile.Read(ref _inFlightBytes) + cost > _budget)
+        {
+            FlushBatch();
+        }
+
         lock (_budgetGate)
         {
             while (_inFlightBytes > 0 && _inFlightBytes + cost > _budget && !_failed)
