@@ -328,7 +328,9 @@ internal sealed class TransmissionSession
             var finished = Stopwatch.GetTimestamp();
             if (finished - started > SlowRequestTicks)
             {
-                if (IsQuick(request))
+                // A slow read waited for the disk, where concurrent requests help; a slow write usually waited
+                // for writeback throttling, which more threads only contend on.
+                if (request.Command is NbdCommand.Read or NbdCommand.BlockStatus)
                 {
                     _parallelUntil = finished + ParallelPeriodTicks;
                 }
