@@ -160,7 +160,7 @@ def warm_up(uri, writes):
     long-running server's steady state is measured otherwise (.NET compiles its hot paths on first use)."""
     for rw, bs in (("randread", "4k"), ("randread", "256k")) + ((("randwrite", "4k"), ("randwrite", "256k")) if writes else ()):
         run(["fio", "--name=warmup", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", f"--bs={bs}", "--iodepth=16",
-             "--size=64M", "--time_based", "--runtime=1", "--output-format=terse"], timeout=120)
+             "--size=64M", "--time_based", "--runtime=500ms", "--output-format=terse"], timeout=120)
     run(["nbdinfo", "--map", uri])
 
 
@@ -209,7 +209,7 @@ def main():
     reps = options.reps or (1 if quick else 3)
     seq_size = (256 if quick else 2048) * MIB
     sparse_size = (1 if quick else 4) * GIB
-    runtime = 2 if quick else 5
+    runtime = 2 if quick else 3
     workdir = options.dir or os.path.join(tempfile.gettempdir(), "nbd-server-bench")
     os.makedirs(workdir, exist_ok=True)
     seq, sparse = prepare_images(workdir, seq_size, sparse_size)
