@@ -79,6 +79,19 @@ public sealed class SidecarServer : IDisposable
         }
     }
 
+    /// <summary>The metrics endpoint's base address (http://host:port) when --metrics-listen was given.</summary>
+    public string? MetricsBase
+    {
+        get
+        {
+            lock (_stdout)
+            {
+                var line = _stdout.ToString().Split('\n').FirstOrDefault(l => l.StartsWith("metrics on ", StringComparison.Ordinal));
+                return line?["metrics on ".Length..].Trim().Replace("/metrics", string.Empty, StringComparison.Ordinal);
+            }
+        }
+    }
+
     /// <summary>Starts a server; <paramref name="args"/> are serve options (exports at least).</summary>
     public static SidecarServer Start(params string[] args) => new(args, tcp: true);
 
