@@ -134,12 +134,7 @@ public sealed class NbdServer : IDisposable
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         var full = Path.GetFullPath(path);
-        if (File.Exists(full) && (File.GetAttributes(full) & FileAttributes.Normal) == 0 && new FileInfo(full).Length == 0)
-        {
-            // A socket left by an earlier run: connecting to it would fail, binding needs it gone.
-            File.Delete(full);
-        }
-
+        RemoveStaleSocket(full);
         var socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         try
         {
@@ -276,6 +271,35 @@ public sealed class NbdServer : IDisposable
         }
 
         return new TransmissionContext((ulong)export.Size, flags, style, _blockSizes[export], metaContexts);
+    }
+
+    /// <summary>
+    /// A socket file left by an earlier run refuses connections and must go before binding; one that still
+    /// accepts them belongs to a live server, which is an error. Anything with content is not a socket and stays.
+    /// </summary>
+    private static void RemoveStaleSocket(string path)
+    {
+        if (!File.Exists(path))
+        {
+            return;
+        }
+
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        try
+        {
+            probe.Connect(new UnixDomainSocketEndPoint(path));
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.ConnectionRefused && new FileInfo(path).Length == 0)
+        {
+            File.Delete(path);
+            return;
+        }
+        catch (SocketException)
+        {
+            return; // Not a socket we can judge: let bind report the problem.
+        }
+
+        throw new IOException($"{path} is in use by another server");
     }
 
     private static BlockSizeConstraints ComputeBlockSizes(NbdExport export, NbdServerOptions options)

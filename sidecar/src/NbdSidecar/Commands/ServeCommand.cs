@@ -81,7 +81,8 @@ internal static class ServeCommand
             {
                 o.SingleLine = true;
                 o.TimestampFormat = "HH:mm:ss.fff ";
-            }));
+            })
+            .AddConsole(o => o.LogToStandardErrorThreshold = LogLevel.Trace));
         var log = loggerFactory.CreateLogger("nbd-sidecar.serve");
 
         var devices = new List<IBlockDevice>();
@@ -144,7 +145,7 @@ internal static class ServeCommand
                         }
                     }
                 }
-                catch (System.Net.Sockets.SocketException e)
+                catch (Exception e) when (e is System.Net.Sockets.SocketException or IOException)
                 {
                     await Console.Error.WriteLineAsync($"nbd-sidecar serve: cannot listen: {e.Message}").ConfigureAwait(false);
                     return ExitCodes.Failure;
