@@ -48,6 +48,10 @@ run: build ## Serve a sample sparse disk on 127.0.0.1:10809 and a unix socket (C
 bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--quick for a smoke run)
 	@tests/bench/server-bench.sh $(BENCH_ARGS)
 
+.PHONY: bench-copy
+bench-copy: build ## Benchmark nbd-sidecar copy against nbdcopy and qemu-img convert (BENCH_ARGS=--quick for a smoke run)
+	tests/bench/copy-bench.sh --sidecar $(SIDECAR) $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf $(ARTIFACTS)

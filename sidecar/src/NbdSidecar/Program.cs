@@ -7,9 +7,12 @@ namespace NbdSidecar;
 internal static class Program
 {
     /// <summary>Every subcommand: its name, a one-line summary and the function that runs it.</summary>
-    private static readonly (string Name, string Summary, Func<string[], CancellationToken, Task<int>> Run)[] Commands =
+    private static readonly (string Name, string Summary, Func<string[], CancellationToken, Task<int>> Run)[] Subcommands =
     [
-        ("serve", NbdSidecar.Commands.ServeCommand.Summary, NbdSidecar.Commands.ServeCommand.RunAsync),
+        ("serve", Commands.ServeCommand.Summary, Commands.ServeCommand.RunAsync),
+        ("copy", Commands.CopyCommand.Summary, Commands.CopyCommand.RunAsync),
+        ("info", Commands.InfoCommand.Summary, Commands.InfoCommand.RunAsync),
+        ("node-plugin", NodePlugin.NodePluginCommand.Summary, NodePlugin.NodePluginCommand.RunAsync),
     ];
 
     private static async Task<int> Main(string[] args)
@@ -26,7 +29,7 @@ internal static class Program
             return ExitCodes.Success;
         }
 
-        var command = Array.Find(Commands, c => c.Name == args[0]);
+        var command = Array.Find(Subcommands, c => c.Name == args[0]);
         if (command.Run is null)
         {
             await Console.Error.WriteLineAsync($"nbd-sidecar: unknown command '{args[0]}'").ConfigureAwait(false);
@@ -57,7 +60,7 @@ internal static class Program
         output.WriteLine("Usage: nbd-sidecar COMMAND [OPTIONS]");
         output.WriteLine();
         output.WriteLine("Commands:");
-        foreach (var (name, summary, _) in Commands)
+        foreach (var (name, summary, _) in Subcommands)
         {
             output.WriteLine($"  {name,-12} {summary}");
         }

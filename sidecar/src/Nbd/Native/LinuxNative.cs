@@ -60,6 +60,40 @@ internal static partial class LinuxNative
     [LibraryImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     public static unsafe partial int IoctlRange(int fd, ulong request, ulong* range);
 
+    public const int SyncFileRangeWaitBefore = 1;
+    public const int SyncFileRangeWrite = 2;
+    public const int SyncFileRangeWaitAfter = 4;
+    public const int FAdvDontNeed = 4;
+
+    [LibraryImport("libc", EntryPoint = "sync_file_range", SetLastError = true)]
+    public static partial int SyncFileRange(int fd, long offset, long length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "posix_fadvise", SetLastError = true)]
+    public static partial int FAdvise(int fd, long offset, long length, int advice);
+
+    public const int ORdOnly = 0;
+    public const int ODirectory = 0x10000;
+
+    [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int Open(string path, int flags);
+
+    [LibraryImport("libc", EntryPoint = "fsync", SetLastError = true)]
+    public static partial int FSync(int fd);
+
+    [LibraryImport("libc", EntryPoint = "close", SetLastError = true)]
+    public static partial int Close(int fd);
+
+    /// <summary>fsyncs a directory so a rename inside it survives a crash; best effort.</summary>
+    public static void SyncDirectory(string path)
+    {
+        var fd = Open(path, ORdOnly | ODirectory);
+        if (fd >= 0)
+        {
+            FSync(fd);
+            Close(fd);
+        }
+    }
+
     [LibraryImport("libc", EntryPoint = "strerror")]
     private static partial nint StrError(int errno);
 

@@ -20,6 +20,9 @@ public static class ExitCodes
     /// <summary>The copy finished but source and destination digests differ.</summary>
     public const int VerifyFailed = 5;
 
+    /// <summary>The checkpoint belongs to another copy, is damaged, or cannot be written; delete it to start over.</summary>
+    public const int CheckpointError = 6;
+
     /// <summary>Stopped by SIGINT or SIGTERM before finishing (a checkpoint allows resuming).</summary>
     public const int Interrupted = 130;
 }

@@ -1,0 +1,125 @@
+namespace Nbd.Copy;
+
+/// <summary>Tuning and behaviour of one copy.</summary>
+public sealed record CopyOptions
+{
+    /// <summary>Largest read/write request, a power of two (default 256 KiB).</summary>
+    public int RequestSize { get; init; } = 256 * 1024;
+
+    /// <summary>Requests in flight per connection (default 16).</summary>
+    public int RequestsPerConnection { get; init; } = 16;
+
+    /// <summary>Skip writing blocks that read as all zeroes (default on).</summary>
+    public bool DetectZeroes { get; init; } = true;
+
+    /// <summary>The destination already reads as zeroes: zero extents need no request at all.</summary>
+    public bool TargetIsZero { get; init; }
+
+    /// <summary>Compare digests of source and destination after copying.</summary>
+    public bool Verify { get; init; }
+
+    /// <summary>Attempts after the first for a failed read, write or block-status request (default 5).</summary>
+    public int Retries { get; init; } = 5;
+
+    /// <summary>Delay before the first retry; doubled each time up to <see cref="MaxRetryDelay"/>.</summary>
+    public TimeSpan RetryDelay { get; init; } = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>Longest delay between retries.</summary>
+    public TimeSpan MaxRetryDelay { get; init; } = TimeSpan.FromSeconds(8);
+
+    /// <summary>Where completed ranges are recorded for resuming; null for none.</summary>
+    public string? CheckpointPath { get; init; }
+
+    /// <summary>How often the checkpoint is written (each time after a destination flush).</summary>
+    public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>
+    /// True when the destination was created by this run. A checkpoint with completed ranges cannot belong to a
+    /// file that did not exist, so such a checkpoint is refused.
+    /// </summary>
+    public bool DestinationCreated { get; init; }
+
+    /// <summary>Zero-detection granularity (default 4 KiB, raised to the endpoints' alignment).</summary>
+    public int ZeroBlockSize { get; init; } = 4096;
+}
+
+/// <summary>Which part of a copy failed; the CLI maps it to an exit code.</summary>
+public enum CopyFailureKind
+{
+    /// <summary>Reading the source (or its extents) failed.</summary>
+    Source,
+
+    /// <summary>Writing, zeroing or flushing the destination failed, or it is too small.</summary>
+    Destination,
+
+    /// <summary>Source and destination digests differ.</summary>
+    Verify,
+
+    /// <summary>The checkpoint belongs to another copy or cannot be read or written.</summary>
+    Checkpoint,
+}
+
+/// <summary>A copy failed; <see cref="Kind"/> says where and <see cref="Offset"/> at which byte, when known.</summary>
+public sealed class CopyException : Exception
+{
+    public CopyException(CopyFailureKind kind, string message, long? offset = null, Exception? innerException = null)
+        : base(message, innerException)
+    {
+        Kind = kind;
+        Offset = offset;
+    }
+
+    public CopyException()
+        : this(CopyFailureKind.Source, "copy failed")
+    {
+    }
+
+    public CopyException(string message)
+        : this(CopyFailureKind.Source, message)
+    {
+    }
+
+    public CopyException(string message, Exception innerException)
+        : this(CopyFailureKind.Source, message, null, innerException)
+    {
+    }
+
+    public CopyFailureKind Kind { get; }
+
+    public long? Offset { get; }
+}
+
+/// <summary>Phase of a copy as progress reports name it.</summary>
+public enum CopyPhase
+{
+    /// <summary>Copying data.</summary>
+    Copying,
+
+    /// <summary>Computing and comparing digests.</summary>
+    Verifying,
+
+    /// <summary>Finished successfully.</summary>
+    Done,
+}
+
+/// <summary>A consistent snapshot of a copy's counters.</summary>
+/// <param name="BytesTotal">Source size.</param>
+/// <param name="BytesCopied">Bytes read from the source and written as data (including earlier runs).</param>
+/// <param name="BytesSkipped">Bytes not written as data: holes, zero extents and detected zero blocks (including earlier runs).</param>
+/// <param name="ResumedFrom">Bytes already complete according to the checkpoint when this run started.</param>
+/// <param name="Phase">Current phase.</param>
+/// <param name="BytesVerified">Bytes of the source digested so far in the verify phase.</param>
+public readonly record struct CopyProgress(long BytesTotal, long BytesCopied, long BytesSkipped, long ResumedFrom, CopyPhase Phase, long BytesVerified)
+{
+    /// <summary>Bytes finished (copied or skipped).</summary>
+    public long BytesDone => BytesCopied + BytesSkipped;
+}
+
+/// <summary>The outcome of a successful copy.</summary>
+/// <param name="BytesTotal">Source size.</param>
+/// <param name="BytesCopied">Bytes written as data (including earlier runs).</param>
+/// <param name="BytesSkipped">Bytes not written as data (including earlier runs).</param>
+/// <param name="ResumedFrom">Bytes complete from a checkpoint when this run started.</param>
+/// <param name="Duration">Wall time of this run.</param>
+/// <param name="Digest"><c>sha256:…</c> when verified, else null.</param>
+public sealed record CopyResult(long BytesTotal, long BytesCopied, long BytesSkipped, long ResumedFrom, TimeSpan Duration, string? Digest);

@@ -1,0 +1,345 @@
+// Cancellation is exercised explicitly where it matters; the other calls run to completion.
+#pragma warning disable xUnit1051
+
+using System.Security.Cryptography;
+using Nbd.Client;
+using Nbd.Copy;
+using Nbd.Protocol;
+using Nbd.Storage;
+using Nbd.Tests.Storage;
+
+namespace Nbd.Tests.Copy;
+
+public class CopierTests
+{
+    private const int Chunk = MemoryDevice.ChunkSize;
+
+    /// <summary>16 chunks: data in chunks 1, 5 (partly zero) and 15; chunk 9 allocated but all zeroes; the rest holes.</summary>
+    private static MemoryDevice SparseSource()
+    {
+        var device = new MemoryDevice(16L * Chunk);
+        device.Write(1L * Chunk, Fill(Chunk, 1));
+        var five = Fill(Chunk, 5);
+        Array.Clear(five, 0, 8192);
+        device.Write(5L * Chunk, five);
+        device.Write(9L * Chunk, new byte[Chunk]);
+        device.Write(15L * Chunk, Fill(Chunk, 15));
+        return device;
+    }
+
+    private static byte[] Fill(int length, int seed)
+    {
+        var data = new byte[length];
+        new Random(seed).NextBytes(data);
+        return data;
+    }
+
+    private static byte[] All(MemoryDevice device)
+    {
+        var data = new byte[device.Size];
+        device.Read(0, data);
+        return data;
+    }
+
+    private static CopyOptions Options => new() { RequestSize = 32 * 1024, RequestsPerConnection = 4, RetryDelay = TimeSpan.Zero };
+
+    [Fact]
+    public async Task RunAsync_SparseSource_WritesOnlyDataAndCountsTheRest()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var copier = new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(destination, "dst"), Options, "src", "dst");
+
+        var result = await copier.RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(3L * Chunk, destination.AllocatedBytes);
+        Assert.Equal((3L * Chunk) - 8192, result.BytesCopied);
+        Assert.Equal(source.Size - result.BytesCopied, result.BytesSkipped);
+        Assert.Null(result.Digest);
+    }
+
+    [Fact]
+    public async Task RunAsync_DirtyDestination_ZeroesHolesUnlessTargetIsZero()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size + 4096);
+        destination.Write(3L * Chunk, Fill(Chunk, 99));
+
+        await new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(destination, "dst"), Options, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination).AsSpan(0, (int)source.Size).ToArray());
+    }
+
+    [Fact]
+    public async Task RunAsync_NoZeroDetection_WritesZeroBlocksFoundInData()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var options = Options with { DetectZeroes = false, TargetIsZero = true };
+
+        var result = await new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(destination, "dst"), options, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(4L * Chunk, result.BytesCopied);
+    }
+
+    [Fact]
+    public async Task RunAsync_DestinationSmaller_RefusedBeforeWriting()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size - 1);
+        var copier = new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(destination, "dst"), Options, "src", "dst");
+
+        var e = await Assert.ThrowsAsync<CopyException>(() => copier.RunAsync(CancellationToken.None));
+
+        Assert.Equal(CopyFailureKind.Destination, e.Kind);
+        Assert.Contains("smaller", e.Message, StringComparison.Ordinal);
+        Assert.Equal(0, destination.AllocatedBytes);
+    }
+
+    [Fact]
+    public async Task RunAsync_CheckpointWithHalfDone_CopiesOnlyTheRest()
+    {
+        using var dir = new TempDirectory();
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var half = source.Size / 2;
+        var firstHalf = new byte[half];
+        source.Read(0, firstHalf);
+        destination.Write(0, firstHalf);
+        var checkpoint = dir.File("cp.json");
+        new Checkpoint("src", "dst", source.Size, destination.Size, 2L * Chunk, half - (2L * Chunk), [(0, half)]).Save(checkpoint);
+        var reads = new List<long>();
+        var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, _) => { lock (reads) { reads.Add(offset); } } };
+
+        var result = await new Copier(watched, new DeviceEndpoint(destination, "dst"), Options with { CheckpointPath = checkpoint }, "src", "dst")
+            .RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(half, result.ResumedFrom);
+        Assert.All(reads, offset => Assert.True(offset >= half));
+        var saved = Checkpoint.Load(checkpoint)!;
+        Assert.Equal([(0L, source.Size)], saved.Completed);
+        Assert.Equal(result.BytesCopied + result.BytesSkipped, source.Size);
+    }
+
+    [Fact]
+    public async Task RunAsync_CheckpointOfAnotherCopy_Refused()
+    {
+        using var dir = new TempDirectory();
+        var source = SparseSource();
+        var checkpoint = dir.File("cp.json");
+        new Checkpoint("other", "dst", source.Size, source.Size, 0, 0, [(0, 4096)]).Save(checkpoint);
+        var copier = new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(new MemoryDevice(source.Size), "dst"),
+            Options with { CheckpointPath = checkpoint }, "src", "dst");
+
+        var e = await Assert.ThrowsAsync<CopyException>(() => copier.RunAsync(CancellationToken.None));
+
+        Assert.Equal(CopyFailureKind.Checkpoint, e.Kind);
+        Assert.Contains("'other'", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RunAsync_CheckpointButDestinationNew_Refused()
+    {
+        using var dir = new TempDirectory();
+        var source = SparseSource();
+        var checkpoint = dir.File("cp.json");
+        new Checkpoint("src", "dst", source.Size, source.Size, 0, 0, [(0, 4096)]).Save(checkpoint);
+        var copier = new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(new MemoryDevice(source.Size), "dst"),
+            Options with { CheckpointPath = checkpoint, DestinationCreated = true }, "src", "dst");
+
+        var e = await Assert.ThrowsAsync<CopyException>(() => copier.RunAsync(CancellationToken.None));
+
+        Assert.Equal(CopyFailureKind.Checkpoint, e.Kind);
+    }
+
+    [Fact]
+    public void Load_DamagedCheckpoint_ThrowsCheckpointFailure()
+    {
+        using var dir = new TempDirectory();
+        var path = dir.File("cp.json");
+        File.WriteAllText(path, "{\"version\":1,\"completed\":[[5,");
+
+        var e = Assert.Throws<CopyException>(() => Checkpoint.Load(path));
+
+        Assert.Equal(CopyFailureKind.Checkpoint, e.Kind);
+        Assert.Null(Checkpoint.Load(dir.File("missing.json")));
+    }
+
+    [Fact]
+    public async Task RunAsync_Verify_DigestIsSha256OfBlockDigests()
+    {
+        var source = new MemoryDevice((3L << 20) + 4096);
+        source.Write(1 << 20, Fill(100000, 3));
+        var destination = new MemoryDevice(source.Size);
+
+        var result = await new Copier(new DeviceEndpoint(source, "src"), new DeviceEndpoint(destination, "dst"), Options with { Verify = true }, "src", "dst")
+            .RunAsync(CancellationToken.None);
+
+        var all = All(source);
+        using var outer = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        for (var at = 0; at < all.Length; at += Copier.DigestBlockSize)
+        {
+            outer.AppendData(SHA256.HashData(all.AsSpan(at, Math.Min(Copier.DigestBlockSize, all.Length - at))));
+        }
+
+        Assert.Equal("sha256:" + Convert.ToHexStringLower(outer.GetHashAndReset()), result.Digest);
+    }
+
+    [Fact]
+    public async Task RunAsync_DestinationCorruptsAByte_VerifyFailsNamingTheBlock()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var corrupting = new FaultyEndpoint(new DeviceEndpoint(destination, "dst"))
+        {
+            OnWrite = (offset, data) =>
+            {
+                if (offset <= 15L * Chunk && 15L * Chunk < offset + data.Length)
+                {
+                    destination.Write((15L * Chunk) + 10, new byte[] { 0x42 });
+                    return true;
+                }
+
+                return false;
+            },
+        };
+
+        var e = await Assert.ThrowsAsync<CopyException>(() =>
+            new Copier(new DeviceEndpoint(source, "src"), corrupting, Options with { Verify = true }, "src", "dst").RunAsync(CancellationToken.None));
+
+        Assert.Equal(CopyFailureKind.Verify, e.Kind);
+        Assert.Equal(15L * Chunk / Copier.DigestBlockSize * Copier.DigestBlockSize, e.Offset);
+        Assert.Contains("differ", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RunAsync_TransientSourceErrors_RetriedUntilSuccess()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var failures = 0;
+        var flaky = new FaultyEndpoint(new DeviceEndpoint(source, "src"))
+        {
+            OnRead = (offset, _) =>
+            {
+                if (Interlocked.Increment(ref failures) <= 3)
+                {
+                    throw new NbdRequestException(NbdError.IO, "injected EIO");
+                }
+            },
+        };
+        var log = new List<string>();
+
+        await new Copier(flaky, new DeviceEndpoint(destination, "dst"), Options, "src", "dst") { Log = l => { lock (log) { log.Add(l); } } }
+            .RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(3, log.Count(l => l.Contains("retry", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task RunAsync_PersistentSourceError_FailsNamingTheOffset()
+    {
+        var source = SparseSource();
+        var broken = new FaultyEndpoint(new DeviceEndpoint(source, "src"))
+        {
+            OnRead = (offset, _) =>
+            {
+                if (offset == 5L * Chunk)
+                {
+                    throw new NbdRequestException(NbdError.IO, "injected EIO");
+                }
+            },
+        };
+
+        var e = await Assert.ThrowsAsync<CopyException>(() =>
+            new Copier(broken, new DeviceEndpoint(new MemoryDevice(source.Size), "dst"), Options with { Retries = 2 }, "src", "dst").RunAsync(CancellationToken.None));
+
+        Assert.Equal(CopyFailureKind.Source, e.Kind);
+        Assert.Equal(5L * Chunk, e.Offset);
+        Assert.Contains($"offset {5L * Chunk}", e.Message, StringComparison.Ordinal);
+        Assert.Contains("after 2 retries", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task RunAsync_DestinationNoSpace_FailsAsDestinationWithoutRetry()
+    {
+        var source = SparseSource();
+        var attempts = 0;
+        var full = new FaultyEndpoint(new DeviceEndpoint(new MemoryDevice(source.Size), "dst"))
+        {
+            OnWrite = (_, _) =>
+            {
+                Interlocked.Increment(ref attempts);
+                throw new NbdRequestException(NbdError.NoSpace, "injected ENOSPC");
+            },
+        };
+
+        var e = await Assert.ThrowsAsync<CopyException>(() =>
+            new Copier(new DeviceEndpoint(source, "src"), full, Options with { RequestsPerConnection = 1 }, "src", "dst").RunAsync(CancellationToken.None));
+
+        Assert.Equal(CopyFailureKind.Destination, e.Kind);
+        Assert.Equal(1, attempts);
+    }
+
+    [Fact]
+    public void Normalize_UnalignedZeroExtent_EdgesBecomeData()
+    {
+        Extent[] extents =
+        [
+            new(0, 1000, AllocationFlags.Data),
+            new(1000, 9000, AllocationFlags.Hole | AllocationFlags.Zero),
+            new(10000, 100, AllocationFlags.Zero),
+            new(10100, 2188, AllocationFlags.Data),
+        ];
+
+        var runs = Copier.Normalize(extents, 4096, 12288).ToList();
+
+        Assert.Equal([(0L, 4096L, false), (4096L, 8192L, true), (8192L, 12288L, false)], runs);
+    }
+}
+
+/// <summary>Wraps an endpoint to observe or break reads and writes.</summary>
+internal sealed class FaultyEndpoint(ICopyEndpoint inner) : ICopyEndpoint
+{
+    public Action<long, int>? OnRead { get; init; }
+
+    /// <summary>Called before a write; returning true skips nothing, it only observes (throw to fail).</summary>
+    public Func<long, ReadOnlyMemory<byte>, bool>? OnWrite { get; init; }
+
+    public string Name => inner.Name;
+
+    public long Size => inner.Size;
+
+    public int Connections => inner.Connections;
+
+    public bool HasExtents => inner.HasExtents;
+
+    public int Alignment => inner.Alignment;
+
+    public Task ReadAsync(int lane, long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        OnRead?.Invoke(offset, buffer.Length);
+        return inner.ReadAsync(lane, offset, buffer, cancellationToken);
+    }
+
+    public async Task WriteAsync(int lane, long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        await inner.WriteAsync(lane, offset, data, cancellationToken);
+        OnWrite?.Invoke(offset, data);
+    }
+
+    public Task ZeroAsync(int lane, long offset, long length, CancellationToken cancellationToken) => inner.ZeroAsync(lane, offset, length, cancellationToken);
+
+    public Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+
+    public Task GetExtentsAsync(int lane, long offset, long length, List<Extent> extents, CancellationToken cancellationToken) =>
+        inner.GetExtentsAsync(lane, offset, length, extents, cancellationToken);
+
+    public Task RecoverAsync(int lane, CancellationToken cancellationToken) => inner.RecoverAsync(lane, cancellationToken);
+
+    public ValueTask DisposeAsync() => inner.DisposeAsync();
+}
