@@ -56,6 +56,14 @@ run-operator: build ## Run the operator against $$KUBECONFIG (ARGS="--namespace 
 test: deps build lint check-manifests ## Install test dependencies, build, and run every test
 	$(DOTNET) test --solution NbdOperator.sln -c $(CONFIGURATION) --no-build --results-directory $(ARTIFACTS)/test-results $(TEST_ARGS)
 
+.PHONY: run
+run: build ## Serve a sample sparse disk on 127.0.0.1:10809 and a unix socket (Ctrl-C stops)
+	@sidecar/scripts/run-local.sh
+
+.PHONY: bench
+bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--quick for a smoke run)
+	@tests/bench/server-bench.sh $(BENCH_ARGS)
+
 .PHONY: bench-copy
 bench-copy: build ## Benchmark nbd-sidecar copy against nbdcopy and qemu-img convert (BENCH_ARGS=--quick for a smoke run)
 	tests/bench/copy-bench.sh --sidecar $(SIDECAR) $(BENCH_ARGS)

@@ -9,6 +9,7 @@ internal static class Program
     /// <summary>Every subcommand: its name, a one-line summary and the function that runs it.</summary>
     private static readonly (string Name, string Summary, Func<string[], CancellationToken, Task<int>> Run)[] Subcommands =
     [
+        ("serve", Commands.ServeCommand.Summary, Commands.ServeCommand.RunAsync),
         ("copy", Commands.CopyCommand.Summary, Commands.CopyCommand.RunAsync),
         ("info", Commands.InfoCommand.Summary, Commands.InfoCommand.RunAsync),
         ("node-plugin", NodePlugin.NodePluginCommand.Summary, NodePlugin.NodePluginCommand.RunAsync),

@@ -1,0 +1,33 @@
+using System.Runtime.InteropServices;
+
+namespace Nbd.Server;
+
+/// <summary>
+/// The Linux calls the server's zero-copy reply path needs and .NET does not expose: <c>send</c> with
+/// MSG_MORE (so a reply header and its sendfile payload leave in the same segment), <c>sendfile</c>, and
+/// <c>posix_fadvise</c> for NBD_CMD_CACHE. Failures return -1 with errno in <see cref="Marshal.GetLastPInvokeError"/>.
+/// </summary>
+internal static partial class ServerNative
+{
+    /// <summary>MSG_MORE: more data follows; the kernel holds a partial segment back.</summary>
+    public const int MsgMore = 0x8000;
+
+    /// <summary>MSG_NOSIGNAL: report EPIPE instead of raising SIGPIPE.</summary>
+    public const int MsgNoSignal = 0x4000;
+
+    /// <summary>POSIX_FADV_WILLNEED: start reading a range into the page cache.</summary>
+    public const int FadviseWillNeed = 3;
+
+    public const int EINTR = 4;
+    public const int EAGAIN = 11;
+
+    [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
+    public static unsafe partial nint Send(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "sendfile", SetLastError = true)]
+    public static partial nint SendFile(int outFd, int inFd, ref long offset, nuint count);
+
+    /// <summary>Returns 0 or an errno value (posix_fadvise does not set errno).</summary>
+    [LibraryImport("libc", EntryPoint = "posix_fadvise")]
+    public static partial int FAdvise(int fd, long offset, long length, int advice);
+}

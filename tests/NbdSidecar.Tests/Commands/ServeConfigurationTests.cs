@@ -1,0 +1,89 @@
+using System.Net;
+using Nbd.Server;
+using NbdSidecar.Cli;
+using NbdSidecar.Commands;
+
+namespace NbdSidecar.Tests.Commands;
+
+public class ServeConfigurationTests
+{
+    private static readonly string[] ValueOptions =
+    [
+        "export", "listen", "unix", "description", "tls", "tls-certificate", "tls-key", "tls-client-ca",
+        "metrics-listen", "handshake-timeout", "max-connections", "block-size", "max-block-size", "workers",
+        "max-inflight", "drain-timeout", "log-level",
+    ];
+
+    private static ServeConfiguration Parse(params string[] args) =>
+        ServeConfiguration.Parse(CommandLine.Parse(args, ValueOptions, ["read-only", "no-zero-copy", "help"]));
+
+    [Fact]
+    public void Parse_MemoryExport_DefaultsToAllInterfacesOnTheNbdPort()
+    {
+        var config = Parse("--export", "disk=memory:1M");
+        Assert.Equal([("disk", "memory:1M")], config.Exports);
+        Assert.Equal([new IPEndPoint(IPAddress.Any, 10809)], config.TcpEndpoints);
+        Assert.Equal(TlsMode.Off, config.ServerOptions.Tls);
+        Assert.False(config.ReadOnly);
+    }
+
+    [Fact]
+    public void Parse_UnixOnly_HasNoTcpListener()
+    {
+        var config = Parse("--export", "disk=memory:1M", "--unix", "/tmp/x.sock", "--read-only", "--description", "d");
+        Assert.Empty(config.TcpEndpoints);
+        Assert.Equal("/tmp/x.sock", config.UnixPath);
+        Assert.True(config.ReadOnly);
+        Assert.Equal("d", config.Description);
+    }
+
+    [Theory]
+    [InlineData("127.0.0.1:0", "127.0.0.1", 0)]
+    [InlineData("[::1]:10809", "::1", 10809)]
+    [InlineData("localhost:5000", "127.0.0.1", 5000)]
+    public void ParseEndpoint_AcceptsHostPort(string text, string address, int port)
+    {
+        Assert.Equal(new IPEndPoint(IPAddress.Parse(address), port), ServeConfiguration.ParseEndpoint(text, "--listen"));
+    }
+
+    [Theory]
+    [InlineData("--export", "disk")]
+    [InlineData("--export", "disk=/nonexistent/disk.img")]
+    [InlineData("--export", "disk=memory:1M", "--export", "disk=memory:2M")]
+    [InlineData("--export", "disk=memory:1M", "--listen", "127.0.0.1:99999")]
+    [InlineData("--export", "disk=memory:1M", "--listen", "127.0.0.1")]
+    [InlineData("--export", "disk=memory:1M", "--listen", "example.com:80")]
+    [InlineData("--export", "disk=memory:1M", "--tls", "on")]
+    [InlineData("--export", "disk=memory:1M", "--tls", "maybe")]
+    [InlineData("--export", "disk=memory:1M", "--tls", "off", "--tls-certificate", "/etc/hostname")]
+    [InlineData("--export", "disk=memory:1M", "--tls-client-ca", "/etc/hostname")]
+    [InlineData("--export", "disk=memory:1M", "--block-size", "1000")]
+    [InlineData("--export", "disk=memory:1M", "--log-level", "loud")]
+    [InlineData("--listen", "127.0.0.1:1")]
+    public void Parse_Mistakes_AreUsageErrors(params string[] args)
+    {
+        Assert.Throws<UsageException>(() => Parse(args));
+    }
+
+    [Fact]
+    public void UriFor_UsesLocalhostForWildcardAndNbdsForRequiredTls()
+    {
+        Assert.Equal("nbd://localhost:10809/disk", ServeCommand.UriFor(new IPEndPoint(IPAddress.Any, 10809), "disk", TlsMode.Off));
+        Assert.Equal("nbds://127.0.0.1:1/a%20b", ServeCommand.UriFor(new IPEndPoint(IPAddress.Loopback, 1), "a b", TlsMode.Require));
+        Assert.Equal("nbd+unix:///disk?socket=/s", ServeCommand.UnixUriFor("/s", "disk", TlsMode.On));
+    }
+
+    [Fact]
+    public void MetricsRender_ExposesTheGaugesAndCountersTheOperatorReads()
+    {
+        using var device = new Nbd.Storage.MemoryDevice(1 << 20);
+        using var server = new NbdServer([new NbdExport("disk", device)]);
+        var text = ServeMetricsEndpoint.Render(server);
+        Assert.Contains("# TYPE nbd_server_connected_clients gauge\nnbd_server_connected_clients 0\n", text, StringComparison.Ordinal);
+        Assert.Contains("# TYPE nbd_server_idle_seconds gauge\n", text, StringComparison.Ordinal);
+        Assert.Contains("nbd_server_bytes_read_total 0\n", text, StringComparison.Ordinal);
+        Assert.Contains("nbd_server_bytes_written_total 0\n", text, StringComparison.Ordinal);
+        Assert.Contains("nbd_server_requests_total{command=\"write_zeroes\"} 0\n", text, StringComparison.Ordinal);
+        Assert.Contains("nbd_server_request_errors_total{command=\"block_status\"} 0\n", text, StringComparison.Ordinal);
+    }
+}
