@@ -99,8 +99,9 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
     public async Task<AttachedDevice> RecoverAsync(VolumeRecord record, ExportTarget target, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(record);
-        if (IsHealthy(record, out _))
+        if (DataPathUp(record, out _))
         {
+            // Serving (the export may be away for a while: the device reconnects by itself, nothing to redo).
             return new AttachedDevice(record.DevicePath, record.SizeBytes, record.ReadOnly, record.FuseMountPoint);
         }
 
@@ -145,7 +146,28 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
         }
     }
 
+    /// <summary>
+    /// Healthy: the data path is up and the export reachable. While the export is away (the device reconnects by
+    /// itself) the problem says since when and what I/O does meanwhile.
+    /// </summary>
     public bool IsHealthy(VolumeRecord record, out string problem)
+    {
+        if (!DataPathUp(record, out problem))
+        {
+            return false;
+        }
+
+        if (_sessions.TryGetValue(record.VolumeId, out var session) && session.Device is NbdExportDevice { Problem: { } outage })
+        {
+            problem = outage;
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>The FUSE session runs in this process and the loop device is attached.</summary>
+    private bool DataPathUp(VolumeRecord record, out string problem)
     {
         ArgumentNullException.ThrowIfNull(record);
         if (!_sessions.TryGetValue(record.VolumeId, out var session) || !session.Mount.IsServing)

@@ -20,6 +20,15 @@ internal static partial class Log
     [LoggerMessage(6004, LogLevel.Information, "Volume {VolumeId}: kernel NBD device {Device} connected with {Count} socket(s)")]
     public static partial void KernelAttached(ILogger logger, string volumeId, string device, int count);
 
+    [LoggerMessage(6005, LogLevel.Information, "Export {Uri} opened with {Connections} connection(s) (read-only: {ReadOnly}, multi-conn: {MultiConn})")]
+    public static partial void ExportOpened(ILogger logger, string uri, int connections, bool readOnly, bool multiConn);
+
+    [LoggerMessage(6006, LogLevel.Warning, "Export {Uri}: {Message}")]
+    public static partial void ExportLost(ILogger logger, string uri, string message);
+
+    [LoggerMessage(6007, LogLevel.Information, "Export {Uri}: {Message}")]
+    public static partial void ExportReconnected(ILogger logger, string uri, string message);
+
     [LoggerMessage(6010, LogLevel.Information, "Volume {VolumeId}: staged at {StagingPath} ({Capability}) on {Device} through {Attacher}")]
     public static partial void Staged(ILogger logger, string volumeId, string stagingPath, CapabilitySpec capability, string device, string attacher);
 

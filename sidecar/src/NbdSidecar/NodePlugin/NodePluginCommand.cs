@@ -72,7 +72,7 @@ public static class NodePluginCommand
         }
 
         var options = ParseOptions(args);
-        await using var host = await NodePluginHost.StartAsync(options, new ClientNotAvailableConnector(), cancellationToken: cancellationToken).ConfigureAwait(false);
+        await using var host = await NodePluginHost.StartAsync(options, cancellationToken: cancellationToken).ConfigureAwait(false);
         try
         {
             // Serve until SIGTERM/SIGINT; disposing the host then stops it.

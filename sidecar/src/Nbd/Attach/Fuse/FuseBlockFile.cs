@@ -118,6 +118,12 @@ public sealed class FuseBlockFile
         {
             return Error(header, reply, -AttachNative.EIO);
         }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException or NotSupportedException or ObjectDisposedException or AggregateException)
+        {
+            // A device that broke its contract must not take a FUSE worker (and with it the process) down: the
+            // kernel gets EIO for this request and the session goes on.
+            return Error(header, reply, -AttachNative.EIO);
+        }
     }
 
     private int Init(in FuseProtocol.InHeader header, ReadOnlySpan<byte> body, Span<byte> reply)
