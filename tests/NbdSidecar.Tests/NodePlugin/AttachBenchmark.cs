@@ -51,6 +51,18 @@ public sealed class AttachBenchmark
                     $"round {round}: write device {Rate(deviceWrite)} vs nbdcopy {Rate(exportWrite)} MiB/s; read device {Rate(deviceRead)} vs nbdcopy {Rate(exportRead)} MiB/s"));
             }
 
+            var loop = Path.GetFileName(plugin.DeviceOf("bench"));
+            lines.Add($"loop device {loop}: direct I/O {File.ReadAllText($"/sys/block/{loop}/loop/dio").Trim()}");
+            if (Peers.Which("fio") is not null)
+            {
+                for (var round = 1; round <= 2; round++)
+                {
+                    var device = await FioIops($"--filename={target}", "--ioengine=libaio", "--direct=1");
+                    var export = await FioIops("--ioengine=nbd", $"--uri={uri}");
+                    lines.Add(string.Create(CultureInfo.InvariantCulture, $"round {round}: random 4 KiB reads, queue depth 16: device {device:0} vs fio nbd engine {export:0} IOPS"));
+                }
+            }
+
             TestContext.Current.TestOutputHelper?.WriteLine(string.Join('\n', lines));
             Console.WriteLine(string.Join('\n', lines));
             await plugin.Node.NodeUnpublishVolumeAsync(new() { VolumeId = "bench", TargetPath = target }, cancellationToken: token);
@@ -60,6 +72,15 @@ public sealed class AttachBenchmark
         {
             File.Delete(source);
         }
+    }
+
+    private static async Task<double> FioIops(params string[] engine)
+    {
+        string[] common = ["--name=bench", "--rw=randread", "--bs=4k", "--iodepth=16", "--runtime=5", "--time_based", $"--size={SizeMiB}M", "--output-format=json"];
+        var result = await Exec.RunAsync("fio", [.. common, .. engine], TimeSpan.FromMinutes(2), TestContext.Current.CancellationToken);
+        Assert.True(result.Succeeded, $"fio: {result.Message}");
+        using var json = System.Text.Json.JsonDocument.Parse(result.StandardOutput[result.StandardOutput.IndexOf('{', StringComparison.Ordinal)..]);
+        return json.RootElement.GetProperty("jobs")[0].GetProperty("read").GetProperty("iops").GetDouble();
     }
 
     private static double Rate(TimeSpan elapsed) => Math.Round(SizeMiB / elapsed.TotalSeconds);
