@@ -12,9 +12,12 @@ namespace NbdSidecar.NodePlugin;
 /// volume holds that volume's lock; state is written to the <see cref="VolumeStateStore"/> after each change.
 /// Failures are <see cref="RpcException"/>s with the CSI status code.
 /// </summary>
-public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attachers, NodePluginState state, ILogger<VolumeManager> logger)
+public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attachers, NodePluginState state, ILogger<VolumeManager> logger) : IDisposable
 {
     private static readonly TimeSpan ToolTimeout = TimeSpan.FromMinutes(10);
+    private static readonly TimeSpan FirstRetry = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan LongestRetry = TimeSpan.FromSeconds(30);
+    private readonly CancellationTokenSource _stopping = new();
     private readonly ConcurrentDictionary<string, VolumeRecord> _volumes = new(StringComparer.Ordinal);
     private readonly VolumeLocks _locks = new();
 
@@ -279,7 +282,8 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
 
     /// <summary>
     /// Loads the state directory and re-attaches every volume an earlier run staged. A volume that cannot be
-    /// re-attached stays recorded (reported abnormal by NodeGetVolumeStats, retried by the next NodeStageVolume).
+    /// re-attached (its export is unreachable, say) stays recorded, reports abnormal in NodeGetVolumeStats, and is
+    /// retried in the background with backoff (1 s doubling to 30 s) and by the next NodeStageVolume.
     /// </summary>
     public async Task RecoverAllAsync(CancellationToken cancellationToken)
     {
@@ -305,10 +309,55 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
             catch (Exception e) when (e is not OperationCanceledException)
             {
                 Log.RecoveryFailed(logger, e, record.VolumeId);
+                _ = Task.Run(() => RetryRecoveryAsync(record.VolumeId, _stopping.Token), CancellationToken.None);
             }
         }
 
         state.IsReady = true;
+    }
+
+    /// <summary>Stops the background recovery retries (plugin shutdown).</summary>
+    public void Dispose()
+    {
+        _stopping.Cancel();
+        _stopping.Dispose();
+    }
+
+    /// <summary>Retries re-attaching a volume until it works, the volume is unstaged, or the plugin stops.</summary>
+    private async Task RetryRecoveryAsync(string volumeId, CancellationToken stopping)
+    {
+        var delay = FirstRetry;
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await Task.Delay(delay, stopping).ConfigureAwait(false);
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, LongestRetry.Ticks));
+                using var held = await _locks.AcquireAsync(volumeId, stopping).ConfigureAwait(false);
+                if (!_volumes.TryGetValue(volumeId, out var record) || AttacherOf(record).IsHealthy(record, out _))
+                {
+                    // Unstaged meanwhile, or a NodeStageVolume brought it back.
+                    return;
+                }
+
+                var secrets = record.HasSecrets ? store.LoadSecrets(record.VolumeId) : new Dictionary<string, string>();
+                await RecoverAsync(record, new ExportTarget(record.Uri, record.ReadOnly, secrets), stopping).ConfigureAwait(false);
+                Log.RecoveryRetried(logger, volumeId, attempt);
+                return;
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (ObjectDisposedException)
+            {
+                return;
+            }
+            catch (Exception e)
+            {
+                Log.RecoveryRetryFailed(logger, volumeId, attempt, delay, e.Message);
+            }
+        }
     }
 
     private async Task RecoverAsync(VolumeRecord record, ExportTarget target, CancellationToken cancellationToken)
