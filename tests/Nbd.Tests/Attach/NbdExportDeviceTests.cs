@@ -229,6 +229,26 @@ public sealed class NbdExportDeviceTests
     }
 
     [Fact]
+    public async Task StopWaiting_DuringAnOutage_FailsWaitingRequestsAtOnce_AndReconnectingGoesOn()
+    {
+        await using var server = new FakeNbdServer(new MemoryDevice(Size));
+        await using var proxy = new CuttableProxy(server.Port);
+        using var device = await NbdExportDevice.OpenAsync(Via(proxy), new NbdClientOptions(), readOnly: false, Quick(), TestContext.Current.CancellationToken);
+
+        proxy.Cut();
+        var reader = Task.Factory.StartNew(() => device.Read(0, new byte[4096]), TaskCreationOptions.LongRunning);
+        await WaitUntil(() => device.Problem is not null);
+        device.StopWaiting();
+        var error = await Assert.ThrowsAsync<StorageException>(() => reader.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+        Assert.Equal(NbdError.IO, error.Error);
+        Assert.Throws<StorageException>(() => device.Read(0, new byte[4096]));
+
+        proxy.Restore();
+        await WaitUntil(() => device.Problem is null);
+        device.Read(0, new byte[4096]);
+    }
+
+    [Fact]
     public async Task NegotiateForKernelAsync_LeavesASimpleReplySocketInTransmission()
     {
         var memory = new MemoryDevice(Size);

@@ -298,6 +298,35 @@ public sealed class RealExportTests : IAsyncLifetime
         }
     }
 
+    [Fact]
+    public async Task ExportGoneForGood_UnstageDoesNotWaitForIt_AndBlockedIoFails()
+    {
+        await RequireAsync("qemu-nbd");
+        var image = _scratch.SparseImage("disk.img", Size);
+        var socket = _scratch.File("q.sock");
+        var uri = $"nbd+unix:///disk?socket={socket}";
+        var staging = Dir("staging");
+        var target = _scratch.File("target");
+        using (var server = await QemuNbdAsync(socket, image))
+        {
+            await Plugin.Node.NodeStageVolumeAsync(Requests.Stage("vol-g", staging, Requests.Block(), uri), cancellationToken: Token);
+            await Plugin.Node.NodePublishVolumeAsync(Requests.Publish("vol-g", staging, target, Requests.Block()), cancellationToken: Token);
+            server.Kill();
+        }
+
+        // A writer on the device waits for the export; the CO unpublishes and unstages meanwhile.
+        var device = Plugin.DeviceOf("vol-g");
+        var pending = Exec.RunAsync("dd", ["if=/dev/urandom", $"of={device}", "bs=64k", "count=1", "oflag=direct", "conv=notrunc"], TimeSpan.FromMinutes(5), Token);
+        await WaitForConditionAsync("vol-g", target, abnormal: true);
+        await Plugin.Node.NodeUnpublishVolumeAsync(new() { VolumeId = "vol-g", TargetPath = target }, cancellationToken: Token);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await Plugin.Node.NodeUnstageVolumeAsync(new() { VolumeId = "vol-g", StagingTargetPath = staging }, cancellationToken: Token);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"unstage took {clock.Elapsed}");
+        var write = await pending.WaitAsync(TimeSpan.FromSeconds(30), Token);
+        Assert.False(write.Succeeded, "the write to a gone export fails");
+        AssertNothingAttached();
+    }
+
     /// <summary>qemu-nbd as the brief runs it: raw, persistent, shared by any number of clients (multi-conn).</summary>
     private static async Task<PeerProcess> QemuNbdAsync(string socket, string image, params string[] extra)
     {

@@ -57,6 +57,7 @@ public sealed class NbdExportDevice : IBlockDevice
     private readonly ReconnectPolicy _policy;
     private readonly string _name;
     private readonly CancellationTokenSource _disposed = new();
+    private readonly CancellationTokenSource _noWaiting = new();
     private readonly Lock _gate = new();
     private readonly bool _readOnly;
     private Outage? _outage;
@@ -279,6 +280,22 @@ public sealed class NbdExportDevice : IBlockDevice
         extents.AddRange(found);
     }
 
+    /// <summary>
+    /// From now on I/O no longer waits for a lost export: waiting requests and new ones fail with EIO at once while
+    /// the export is away (reconnecting goes on). Used when the volume is being detached, so the loop device and
+    /// the file system on it let go promptly instead of after <see cref="ReconnectPolicy.IoWait"/>.
+    /// </summary>
+    public void StopWaiting()
+    {
+        try
+        {
+            _noWaiting.Cancel();
+        }
+        catch (ObjectDisposedException)
+        {
+        }
+    }
+
     /// <summary>Stops reconnecting, fails whatever still waits, and disconnects.</summary>
     public void Dispose()
     {
@@ -288,6 +305,7 @@ public sealed class NbdExportDevice : IBlockDevice
         }
 
         _disposed.Cancel();
+        _noWaiting.Cancel();
         try
         {
             _endpoint.DisposeAsync().AsTask().Wait(TimeSpan.FromSeconds(15));
@@ -372,10 +390,14 @@ public sealed class NbdExportDevice : IBlockDevice
             var remaining = outage.Since + _policy.IoWait - DateTime.UtcNow;
             try
             {
-                if (remaining <= TimeSpan.Zero || !outage.Restored.Task.Wait(remaining, _disposed.Token))
+                if (remaining <= TimeSpan.Zero || _noWaiting.IsCancellationRequested || !outage.Restored.Task.Wait(remaining, _noWaiting.Token))
                 {
                     throw new StorageException(NbdError.IO, $"{what} {offset}+{length}: {Problem ?? "the export is unreachable"}");
                 }
+            }
+            catch (OperationCanceledException) when (!_disposed.IsCancellationRequested)
+            {
+                throw new StorageException(NbdError.IO, $"{what} {offset}+{length}: the export is unreachable and the volume is being detached");
             }
             catch (OperationCanceledException)
             {

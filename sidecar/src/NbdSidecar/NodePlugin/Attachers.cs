@@ -75,6 +75,12 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
         ArgumentNullException.ThrowIfNull(record);
         var mountPoint = record.FuseMountPoint ?? store.FuseMountPoint(record.VolumeId);
         var file = Path.Combine(mountPoint, "disk");
+        if (_sessions.TryGetValue(record.VolumeId, out var live) && live.Device is NbdExportDevice device)
+        {
+            // While the export is away, I/O would wait for it; the loop device could not let go meanwhile.
+            device.StopWaiting();
+        }
+
         if (!await LoopDevices.DetachAsync(record.DevicePath, file, DetachWait, cancellationToken).ConfigureAwait(false))
         {
             Log.LoopBusy(logger, record.VolumeId, record.DevicePath);
