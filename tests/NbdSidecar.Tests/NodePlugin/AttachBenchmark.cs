@@ -31,7 +31,7 @@ public sealed class AttachBenchmark
         using var _ = server;
         var source = "/dev/shm/nbd-csi-bench.bin";
         var token = TestContext.Current.CancellationToken;
-        await using var plugin = await PluginProcess.StartAsync(Directory.CreateDirectory(scratch.File("plugin")).FullName);
+        await using var plugin = await PluginProcess.StartAsync(scratch.Path);
         try
         {
             await Tool("dd", "if=/dev/urandom", $"of={source}", "bs=1M", $"count={SizeMiB}", "status=none");

@@ -11,9 +11,10 @@ using NbdSidecar.NodePlugin;
 namespace NbdSidecar.Tests.NodePlugin;
 
 /// <summary>
-/// The real <c>nbd-sidecar node-plugin</c> binary as a child process with its socket and state under a scratch
-/// folder, plus gRPC clients. It can be killed with SIGKILL and started again on the same state. Disposing
-/// undoes everything under the folder — mounts, loop devices, FUSE mounts, the process — even when a test failed.
+/// The real <c>nbd-sidecar node-plugin</c> binary as a child process with its socket and state in <c>plugin/</c>
+/// under a test's scratch folder, plus gRPC clients. It can be killed with SIGKILL and started again on the same
+/// state. Disposing undoes everything under the whole scratch folder (where the tests put staging and target
+/// paths too) — mounts, loop devices, FUSE mounts, the process — even when a test failed.
 /// </summary>
 public sealed class PluginProcess : IAsyncDisposable
 {
@@ -25,9 +26,9 @@ public sealed class PluginProcess : IAsyncDisposable
 
     public string Root { get; }
 
-    public string StateDirectory => Path.Combine(Root, "state");
+    public string StateDirectory => Path.Combine(Root, "plugin", "state");
 
-    public string SocketPath => Path.Combine(Root, "csi.sock");
+    public string SocketPath => Path.Combine(Root, "plugin", "csi.sock");
 
     public Node.NodeClient Node { get; private set; } = null!;
 
@@ -47,7 +48,7 @@ public sealed class PluginProcess : IAsyncDisposable
 
     public int ProcessId => _process?.Id ?? 0;
 
-    /// <summary>Starts the plugin with the fuse attacher in a fresh scratch folder.</summary>
+    /// <summary>Starts the plugin with the fuse attacher, its files under <paramref name="root"/>/plugin.</summary>
     public static async Task<PluginProcess> StartAsync(string root)
     {
         var plugin = new PluginProcess(root);
@@ -67,6 +68,7 @@ public sealed class PluginProcess : IAsyncDisposable
     /// <summary>Starts the binary (again) on the same socket and state, and waits until Probe says ready.</summary>
     public async Task StartProcessAsync()
     {
+        Directory.CreateDirectory(Path.GetDirectoryName(SocketPath)!);
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var argument in new[] { "exec", typeof(NodePluginCommand).Assembly.Location, "node-plugin", "--endpoint", "unix://" + SocketPath, "--node-id", "e2e-node", "--attacher", "fuse", "--state-dir", StateDirectory })
         {

@@ -196,7 +196,7 @@ public sealed class RealExportTests : IAsyncLifetime
         Assert.DoesNotContain(keyLine, Plugin.Output, StringComparison.Ordinal);
         Assert.DoesNotContain("PRIVATE KEY", Plugin.Output, StringComparison.Ordinal);
         Assert.DoesNotContain(
-            Directory.GetFiles(Plugin.Root, "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".sock", StringComparison.Ordinal)),
+            Directory.GetFiles(Path.GetDirectoryName(Plugin.StateDirectory)!, "*", SearchOption.AllDirectories).Where(f => !f.EndsWith(".sock", StringComparison.Ordinal)),
             f => File.ReadAllText(f).Contains(keyLine, StringComparison.Ordinal));
     }
 
@@ -351,7 +351,7 @@ public sealed class RealExportTests : IAsyncLifetime
     {
         PluginFixture.RequireFuseAttach();
         Peers.Require(["dd", .. peers]);
-        _plugin = await PluginProcess.StartAsync(Directory.CreateDirectory(_scratch.File("plugin")).FullName);
+        _plugin = await PluginProcess.StartAsync(_scratch.Path);
     }
 
     private string Dir(string name) => Directory.CreateDirectory(_scratch.File(name)).FullName;
