@@ -357,7 +357,7 @@ public sealed class LifecycleTests : IAsyncLifetime
             Assert.Equal("kept across the outage", Encoding.ASCII.GetString(first));
         }
 
-        Assert.Contains(_plugin.Logs.Lines, l => l.Contains("re-attached after restart on retry", StringComparison.Ordinal));
+        Assert.Contains(_plugin.Logs.Lines, l => l.Contains("re-attached by the watchdog", StringComparison.Ordinal));
         await Node.NodeUnpublishVolumeAsync(new() { VolumeId = "vol", TargetPath = target }, cancellationToken: Token);
         await Node.NodeUnstageVolumeAsync(new() { VolumeId = "vol", StagingTargetPath = staging }, cancellationToken: Token);
         Assert.Empty(PluginFixture.LoopsUnder(_plugin.Root));

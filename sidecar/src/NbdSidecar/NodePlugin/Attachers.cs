@@ -34,6 +34,12 @@ public interface IVolumeAttacher
 
     /// <summary>True when the data path is up; otherwise <paramref name="problem"/> says what is wrong.</summary>
     bool IsHealthy(VolumeRecord record, out string problem);
+
+    /// <summary>
+    /// True when <see cref="RecoverAsync"/> has something to do: the data path is down, not merely waiting for an
+    /// export that went away and that the data path reconnects to by itself.
+    /// </summary>
+    bool NeedsReattach(VolumeRecord record, out string problem);
 }
 
 /// <summary>
@@ -171,6 +177,9 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
 
         return true;
     }
+
+    /// <summary>The FUSE session or the loop device is gone (an export that is away is the device's business).</summary>
+    public bool NeedsReattach(VolumeRecord record, out string problem) => !DataPathUp(record, out problem);
 
     /// <summary>The FUSE session runs in this process and the loop device is attached.</summary>
     private bool DataPathUp(VolumeRecord record, out string problem)
@@ -341,6 +350,12 @@ public sealed class KernelAttacher(IExportConnector connector, ILogger<KernelAtt
             return false;
         }
     }
+
+    /// <summary>
+    /// The kernel driver does not reconnect by itself: a device whose connections died waits (dead-connection
+    /// timeout) for <see cref="RecoverAsync"/> to hand it fresh sockets.
+    /// </summary>
+    public bool NeedsReattach(VolumeRecord record, out string problem) => !IsHealthy(record, out problem);
 
     /// <summary>The descriptors to hand over; the kernel drives them itself, so they are switched to blocking mode as nbd-client does.</summary>
     private static int[] Descriptors(IReadOnlyList<Socket> sockets)

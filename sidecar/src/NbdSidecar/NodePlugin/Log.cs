@@ -59,11 +59,11 @@ internal static partial class Log
     [LoggerMessage(6031, LogLevel.Error, "Volume {VolumeId}: could not re-attach after restart; it reports abnormal and is retried in the background")]
     public static partial void RecoveryFailed(ILogger logger, Exception exception, string volumeId);
 
-    [LoggerMessage(6033, LogLevel.Information, "Volume {VolumeId}: re-attached after restart on retry {Attempt}")]
-    public static partial void RecoveryRetried(ILogger logger, string volumeId, int attempt);
+    [LoggerMessage(6033, LogLevel.Information, "Volume {VolumeId}: data path re-attached by the watchdog (attempt {Attempt}; it was: {Problem})")]
+    public static partial void WatchdogReattached(ILogger logger, string volumeId, string problem, int attempt);
 
-    [LoggerMessage(6034, LogLevel.Warning, "Volume {VolumeId}: re-attach retry {Attempt} failed, next in {Delay}: {Message}")]
-    public static partial void RecoveryRetryFailed(ILogger logger, string volumeId, int attempt, TimeSpan delay, string message);
+    [LoggerMessage(6034, LogLevel.Warning, "Volume {VolumeId}: re-attach attempt {Attempt} failed, next in {Delay}: {Message}")]
+    public static partial void WatchdogRetryFailed(ILogger logger, string volumeId, int attempt, TimeSpan delay, string message);
 
     [LoggerMessage(6032, LogLevel.Warning, "State file {File} is unreadable and was skipped")]
     public static partial void StateUnreadable(ILogger logger, Exception exception, string file);

@@ -15,6 +15,7 @@ namespace NbdSidecar.NodePlugin;
 public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attachers, NodePluginState state, ILogger<VolumeManager> logger) : IDisposable
 {
     private static readonly TimeSpan ToolTimeout = TimeSpan.FromMinutes(10);
+    private static readonly TimeSpan WatchInterval = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan FirstRetry = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan LongestRetry = TimeSpan.FromSeconds(30);
     private readonly CancellationTokenSource _stopping = new();
@@ -283,7 +284,7 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
     /// <summary>
     /// Loads the state directory and re-attaches every volume an earlier run staged. A volume that cannot be
     /// re-attached (its export is unreachable, say) stays recorded, reports abnormal in NodeGetVolumeStats, and is
-    /// retried in the background with backoff (1 s doubling to 30 s) and by the next NodeStageVolume.
+    /// retried by the watchdog this starts (with backoff) and by the next NodeStageVolume.
     /// </summary>
     public async Task RecoverAllAsync(CancellationToken cancellationToken)
     {
@@ -309,53 +310,81 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
             catch (Exception e) when (e is not OperationCanceledException)
             {
                 Log.RecoveryFailed(logger, e, record.VolumeId);
-                _ = Task.Run(() => RetryRecoveryAsync(record.VolumeId, _stopping.Token), CancellationToken.None);
             }
         }
 
         state.IsReady = true;
+        var stopping = _stopping.Token;
+        _ = Task.Run(() => WatchAsync(stopping), CancellationToken.None);
     }
 
-    /// <summary>Stops the background recovery retries (plugin shutdown).</summary>
+    /// <summary>Stops the watchdog (plugin shutdown).</summary>
     public void Dispose()
     {
         _stopping.Cancel();
         _stopping.Dispose();
     }
 
-    /// <summary>Retries re-attaching a volume until it works, the volume is unstaged, or the plugin stops.</summary>
-    private async Task RetryRecoveryAsync(string volumeId, CancellationToken stopping)
+    /// <summary>
+    /// The watchdog: every <see cref="WatchInterval"/> it looks at each staged volume and re-attaches the ones whose
+    /// data path is down (re-attach failed at startup; a kernel device whose connection died; a FUSE session or loop
+    /// device gone behind our back), with backoff per volume (1 s doubling to 30 s). An export that is merely away
+    /// is not its business: the FUSE device reconnects by itself.
+    /// </summary>
+    private async Task WatchAsync(CancellationToken stopping)
     {
-        var delay = FirstRetry;
-        for (var attempt = 1; ; attempt++)
+        var retries = new Dictionary<string, (DateTime Next, TimeSpan Delay, int Attempt)>(StringComparer.Ordinal);
+        while (true)
         {
             try
             {
-                await Task.Delay(delay, stopping).ConfigureAwait(false);
-                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, LongestRetry.Ticks));
-                using var held = await _locks.AcquireAsync(volumeId, stopping).ConfigureAwait(false);
-                if (!_volumes.TryGetValue(volumeId, out var record) || AttacherOf(record).IsHealthy(record, out _))
+                await Task.Delay(WatchInterval, stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            foreach (var volumeId in _volumes.Keys)
+            {
+                if (retries.TryGetValue(volumeId, out var retry) && DateTime.UtcNow < retry.Next)
                 {
-                    // Unstaged meanwhile, or a NodeStageVolume brought it back.
-                    return;
+                    continue;
                 }
 
-                var secrets = record.HasSecrets ? store.LoadSecrets(record.VolumeId) : new Dictionary<string, string>();
-                await RecoverAsync(record, new ExportTarget(record.Uri, record.ReadOnly, secrets), stopping).ConfigureAwait(false);
-                Log.RecoveryRetried(logger, volumeId, attempt);
-                return;
-            }
-            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (ObjectDisposedException)
-            {
-                return;
-            }
-            catch (Exception e)
-            {
-                Log.RecoveryRetryFailed(logger, volumeId, attempt, delay, e.Message);
+                try
+                {
+                    using var held = await _locks.AcquireAsync(volumeId, stopping).ConfigureAwait(false);
+                    if (!_volumes.TryGetValue(volumeId, out var record) || !AttacherOf(record).NeedsReattach(record, out var problem))
+                    {
+                        // Unstaged meanwhile, healthy, or brought back by a NodeStageVolume.
+                        retries.Remove(volumeId);
+                        continue;
+                    }
+
+                    var attempt = retry.Attempt + 1;
+                    try
+                    {
+                        var secrets = record.HasSecrets ? store.LoadSecrets(record.VolumeId) : new Dictionary<string, string>();
+                        await RecoverAsync(record, new ExportTarget(record.Uri, record.ReadOnly, secrets), stopping).ConfigureAwait(false);
+                        retries.Remove(volumeId);
+                        Log.WatchdogReattached(logger, volumeId, problem, attempt);
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException || !stopping.IsCancellationRequested)
+                    {
+                        var delay = retry.Delay == TimeSpan.Zero ? FirstRetry : TimeSpan.FromTicks(Math.Min(retry.Delay.Ticks * 2, LongestRetry.Ticks));
+                        retries[volumeId] = (DateTime.UtcNow + delay, delay, attempt);
+                        Log.WatchdogRetryFailed(logger, volumeId, attempt, delay, e.Message);
+                    }
+                }
+                catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (ObjectDisposedException)
+                {
+                    return;
+                }
             }
         }
     }
