@@ -26,19 +26,19 @@ public sealed class FuseBlockFileTests : IDisposable
     [Fact]
     public void Init_Kernel7_38_RepliesGoldenInitOut()
     {
-        // fuse_init_in: major 7, minor 38, max_readahead 128 KiB, flags ASYNC_READ|POSIX_LOCKS|BIG_WRITES|MAX_PAGES|(1<<29), flags2 0.
+        // fuse_init_in: major 7, minor 38, max_readahead 128 KiB, flags ASYNC_READ|POSIX_LOCKS|BIG_WRITES|ASYNC_DIO|MAX_PAGES|(1<<29), flags2 0.
         var body = new byte[64];
         BinaryPrimitives.WriteUInt32LittleEndian(body, 7);
         BinaryPrimitives.WriteUInt32LittleEndian(body.AsSpan(4), 38);
         BinaryPrimitives.WriteUInt32LittleEndian(body.AsSpan(8), 0x20000);
-        BinaryPrimitives.WriteUInt32LittleEndian(body.AsSpan(12), 0x1 | 0x2 | 0x20 | 0x400000 | 0x20000000);
+        BinaryPrimitives.WriteUInt32LittleEndian(body.AsSpan(12), 0x1 | 0x2 | 0x20 | 0x8000 | 0x400000 | 0x20000000);
 
         var reply = Send(FuseOpcode.Init, 1, 0, body);
 
         var expected = Hex(
             "50000000 00000000 0100000000000000" +                 // out header: len 80, error 0, unique 1
-            "07000000 1f000000 00000200 21004000" +                // major 7, minor 31, max_readahead, flags offered & wanted
-            "4000 3000 00001000 01000000 0001 0000 00000000" +     // max_background 64, congestion 48, max_write 1 MiB, time_gran 1, max_pages 256, map_alignment, flags2
+            "07000000 1f000000 00000200 21804000" +                // major 7, minor 31, max_readahead, flags offered & wanted
+            "4000 3000 00000400 01000000 4000 0000 00000000" +     // max_background 64, congestion 48, max_write 256 KiB, time_gran 1, max_pages 64, map_alignment, flags2
             "00000000000000000000000000000000000000000000000000000000"); // unused[7]
         Assert.Equal(expected, reply);
         Assert.True(_fs.IsInitialized);

@@ -326,6 +326,45 @@ public sealed class LifecycleTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Restart_WhileTheExportIsUnreachable_RetriesInTheBackgroundUntilItIsBack()
+    {
+        PluginFixture.RequireFuseAttach();
+        var export = _plugin.Exports.Add(Uri, Size);
+        export.Write(0, Encoding.ASCII.GetBytes("kept across the outage"));
+        var staging = Directory.CreateDirectory(_plugin.Path_("staging")).FullName;
+        var target = _plugin.Path_("target");
+        await Node.NodeStageVolumeAsync(Requests.Stage("vol", staging, Requests.Block(Mode.SingleNodeReaderOnly), Uri), cancellationToken: Token);
+        await Node.NodePublishVolumeAsync(Requests.Publish("vol", staging, target, Requests.Block(Mode.SingleNodeReaderOnly), readOnly: true), cancellationToken: Token);
+
+        await _plugin.CrashHostAsync();
+        _plugin.Exports.SetOffline(Uri, true);
+        await _plugin.StartHostAsync();
+        var stats = await Node.NodeGetVolumeStatsAsync(new() { VolumeId = "vol", VolumePath = target }, cancellationToken: Token);
+        Assert.True(stats.VolumeCondition.Abnormal);
+
+        _plugin.Exports.SetOffline(Uri, false);
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while ((await Node.NodeGetVolumeStatsAsync(new() { VolumeId = "vol", VolumePath = target }, cancellationToken: Token)).VolumeCondition.Abnormal)
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the volume was not re-attached in the background");
+            await Task.Delay(100, Token);
+        }
+
+        using (var handle = File.OpenHandle(target, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+        {
+            var first = new byte[22];
+            RandomAccess.Read(handle, first, 0);
+            Assert.Equal("kept across the outage", Encoding.ASCII.GetString(first));
+        }
+
+        Assert.Contains(_plugin.Logs.Lines, l => l.Contains("re-attached by the watchdog", StringComparison.Ordinal));
+        await Node.NodeUnpublishVolumeAsync(new() { VolumeId = "vol", TargetPath = target }, cancellationToken: Token);
+        await Node.NodeUnstageVolumeAsync(new() { VolumeId = "vol", StagingTargetPath = staging }, cancellationToken: Token);
+        Assert.Empty(PluginFixture.LoopsUnder(_plugin.Root));
+        Assert.Empty(PluginFixture.MountsUnder(_plugin.Root));
+    }
+
+    [Fact]
     public async Task Restart_OfAMountVolume_RemountsTheFileSystemFromTheNewDevice()
     {
         PluginFixture.RequireFuseAttach();

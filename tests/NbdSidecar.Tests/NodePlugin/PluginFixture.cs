@@ -18,6 +18,7 @@ public sealed class MemoryExports : IExportConnector
 {
     private readonly ConcurrentDictionary<string, MemoryDevice> _exports = new(StringComparer.Ordinal);
 
+    private readonly ConcurrentDictionary<string, bool> _offline = new(StringComparer.Ordinal);
     private int _opens;
 
     /// <summary>How many times the plugin opened an export (connections made).</summary>
@@ -31,9 +32,17 @@ public sealed class MemoryExports : IExportConnector
         return device;
     }
 
+    /// <summary>Makes an export unreachable (opening it fails with Unavailable) or reachable again.</summary>
+    public void SetOffline(string uri, bool offline) => _offline[uri] = offline;
+
     public Task<IBlockDevice> OpenDeviceAsync(ExportTarget target, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref _opens);
+        if (_offline.TryGetValue(target.Uri, out var offline) && offline)
+        {
+            throw new ExportConnectException(ExportFailure.Unavailable, $"{target.Uri} is unreachable");
+        }
+
         if (!_exports.TryGetValue(target.Uri, out var device))
         {
             throw new ExportConnectException(ExportFailure.NotFound, $"no export at {target.Uri}");

@@ -42,6 +42,44 @@ public static class NbdClient
     }
 
     /// <summary>
+    /// Negotiates an export for the Linux NBD driver and stops there: the returned socket is in transmission
+    /// phase with nothing read past the handshake and no reader of ours on it, ready for NBD_CMD_CONNECT or
+    /// NBD_CMD_RECONFIGURE. The driver speaks simple replies only and no TLS, so structured replies, extended
+    /// headers and metadata contexts are not requested, and <c>nbds</c> URIs are refused. The caller owns the
+    /// socket.
+    /// </summary>
+    public static async Task<KernelHandoff> NegotiateForKernelAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(uri);
+        options ??= NbdClientOptions.Default;
+        if (uri.Tls || options.Tls.Required)
+        {
+            throw new NbdConnectionException($"{uri}: the kernel NBD driver cannot carry TLS", false);
+        }
+
+        options = options with { RequestExtendedHeaders = false, RequestStructuredReplies = false, MetaContexts = [], ListMetaContexts = false };
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        timeout.CancelAfter(options.ConnectTimeout);
+        var socket = await OpenSocketAsync(uri, timeout.Token, cancellationToken).ConfigureAwait(false);
+        var session = new Session(new NetworkStream(socket, ownsSocket: false), options, Describe(uri));
+        try
+        {
+            var negotiated = await session.NegotiateAsync(uri.ExportName, null, list: false, timeout.Token).ConfigureAwait(false);
+            if (session.Buffer.Available != 0)
+            {
+                throw new NbdProtocolException("the server sent data after the handshake, before any request");
+            }
+
+            return new KernelHandoff(socket, negotiated!);
+        }
+        catch (Exception e)
+        {
+            socket.Dispose();
+            throw Translate(e, uri, timeout.IsCancellationRequested, cancellationToken);
+        }
+    }
+
+    /// <summary>
     /// Runs the handshake over an already connected duplex stream (a socket pair, a pipe) and enters
     /// transmission on <paramref name="exportName"/>. Used for in-process peers; TLS is not offered.
     /// </summary>
@@ -271,7 +309,16 @@ public static class NbdClient
                 TargetHost = tls.Hostname,
                 CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
             };
-            if (tls.ClientCertificatePath is not null)
+            if (tls.ClientCertificatePem is not null)
+            {
+                if (tls.ClientKeyPem is null)
+                {
+                    throw new NbdConnectionException($"{peer}: a TLS client certificate needs its key too", false);
+                }
+
+                authentication.ClientCertificates = [X509Certificate2.CreateFromPem(tls.ClientCertificatePem, tls.ClientKeyPem)];
+            }
+            else if (tls.ClientCertificatePath is not null)
             {
                 if (tls.ClientKeyPath is null)
                 {
@@ -282,10 +329,22 @@ public static class NbdClient
             }
 
             X509Certificate2Collection? trust = null;
-            if (tls.CaCertificatePath is not null)
+            if (tls.CaCertificatePem is not null || tls.CaCertificatePath is not null)
             {
                 trust = [];
-                trust.ImportFromPemFile(tls.CaCertificatePath);
+                if (tls.CaCertificatePem is not null)
+                {
+                    trust.ImportFromPem(tls.CaCertificatePem);
+                }
+                else
+                {
+                    trust.ImportFromPemFile(tls.CaCertificatePath!);
+                }
+
+                if (trust.Count == 0)
+                {
+                    throw new NbdConnectionException($"{peer}: the TLS certificate authority holds no PEM certificate", false);
+                }
                 authentication.CertificateChainPolicy = new X509ChainPolicy
                 {
                     TrustMode = X509ChainTrustMode.CustomRootTrust,

@@ -51,9 +51,38 @@ public sealed record NbdTlsOptions
     /// <summary>PEM private key of <see cref="ClientCertificatePath"/>.</summary>
     public string? ClientKeyPath { get; init; }
 
+    /// <summary>
+    /// The certificate authority as PEM text instead of a file (wins over <see cref="CaCertificatePath"/>), so
+    /// material from a secret never has to touch the disk.
+    /// </summary>
+    public string? CaCertificatePem { get; init; }
+
+    /// <summary>The client certificate as PEM text (wins over <see cref="ClientCertificatePath"/>); needs <see cref="ClientKeyPem"/>.</summary>
+    public string? ClientCertificatePem { get; init; }
+
+    /// <summary>The private key of <see cref="ClientCertificatePem"/> as PEM text.</summary>
+    public string? ClientKeyPem { get; init; }
+
+    /// <summary>The record without key material, so it is safe to print.</summary>
+    public override string ToString() =>
+        $"NbdTlsOptions {{ Required = {Required}, CaCertificatePath = {CaCertificatePath}, ClientCertificatePath = {ClientCertificatePath}, " +
+        $"CaCertificatePem = {(CaCertificatePem is null ? "null" : "(set)")}, ClientCertificatePem = {(ClientCertificatePem is null ? "null" : "(set)")}, " +
+        $"ClientKeyPem = {(ClientKeyPem is null ? "null" : "(set)")}, Hostname = {Hostname}, VerifyPeer = {VerifyPeer} }}";
+
     /// <summary>Name the server certificate must carry; defaults to the URI host, or <c>localhost</c> for unix sockets.</summary>
     public string? Hostname { get; init; }
 
     /// <summary>Verify the server certificate (chain and name). Turning it off is for tests only.</summary>
     public bool VerifyPeer { get; init; } = true;
+}
+
+/// <summary>
+/// A socket whose handshake is done, for the Linux NBD driver (<see cref="NbdClient.NegotiateForKernelAsync"/>).
+/// Dispose closes our reference; the kernel keeps its own once it has taken the socket.
+/// </summary>
+/// <param name="Socket">Connected, in transmission phase, with simple replies.</param>
+/// <param name="Export">What the handshake agreed on.</param>
+public sealed record KernelHandoff(System.Net.Sockets.Socket Socket, NegotiatedExport Export) : IDisposable
+{
+    public void Dispose() => Socket.Dispose();
 }

@@ -34,6 +34,12 @@ public interface IVolumeAttacher
 
     /// <summary>True when the data path is up; otherwise <paramref name="problem"/> says what is wrong.</summary>
     bool IsHealthy(VolumeRecord record, out string problem);
+
+    /// <summary>
+    /// True when <see cref="RecoverAsync"/> has something to do: the data path is down, not merely waiting for an
+    /// export that went away and that the data path reconnects to by itself.
+    /// </summary>
+    bool NeedsReattach(VolumeRecord record, out string problem);
 }
 
 /// <summary>
@@ -75,6 +81,12 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
         ArgumentNullException.ThrowIfNull(record);
         var mountPoint = record.FuseMountPoint ?? store.FuseMountPoint(record.VolumeId);
         var file = Path.Combine(mountPoint, "disk");
+        if (_sessions.TryGetValue(record.VolumeId, out var live) && live.Device is NbdExportDevice device)
+        {
+            // While the export is away, I/O would wait for it; the loop device could not let go meanwhile.
+            device.StopWaiting();
+        }
+
         if (!await LoopDevices.DetachAsync(record.DevicePath, file, DetachWait, cancellationToken).ConfigureAwait(false))
         {
             Log.LoopBusy(logger, record.VolumeId, record.DevicePath);
@@ -99,8 +111,9 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
     public async Task<AttachedDevice> RecoverAsync(VolumeRecord record, ExportTarget target, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(record);
-        if (IsHealthy(record, out _))
+        if (DataPathUp(record, out _))
         {
+            // Serving (the export may be away for a while: the device reconnects by itself, nothing to redo).
             return new AttachedDevice(record.DevicePath, record.SizeBytes, record.ReadOnly, record.FuseMountPoint);
         }
 
@@ -145,7 +158,31 @@ public sealed class FuseAttacher(IExportConnector connector, VolumeStateStore st
         }
     }
 
+    /// <summary>
+    /// Healthy: the data path is up and the export reachable. While the export is away (the device reconnects by
+    /// itself) the problem says since when and what I/O does meanwhile.
+    /// </summary>
     public bool IsHealthy(VolumeRecord record, out string problem)
+    {
+        if (!DataPathUp(record, out problem))
+        {
+            return false;
+        }
+
+        if (_sessions.TryGetValue(record.VolumeId, out var session) && session.Device is NbdExportDevice { Problem: { } outage })
+        {
+            problem = outage;
+            return false;
+        }
+
+        return true;
+    }
+
+    /// <summary>The FUSE session or the loop device is gone (an export that is away is the device's business).</summary>
+    public bool NeedsReattach(VolumeRecord record, out string problem) => !DataPathUp(record, out problem);
+
+    /// <summary>The FUSE session runs in this process and the loop device is attached.</summary>
+    private bool DataPathUp(VolumeRecord record, out string problem)
     {
         ArgumentNullException.ThrowIfNull(record);
         if (!_sessions.TryGetValue(record.VolumeId, out var session) || !session.Mount.IsServing)
@@ -313,6 +350,12 @@ public sealed class KernelAttacher(IExportConnector connector, ILogger<KernelAtt
             return false;
         }
     }
+
+    /// <summary>
+    /// The kernel driver does not reconnect by itself: a device whose connections died waits (dead-connection
+    /// timeout) for <see cref="RecoverAsync"/> to hand it fresh sockets.
+    /// </summary>
+    public bool NeedsReattach(VolumeRecord record, out string problem) => !IsHealthy(record, out problem);
 
     /// <summary>The descriptors to hand over; the kernel drives them itself, so they are switched to blocking mode as nbd-client does.</summary>
     private static int[] Descriptors(IReadOnlyList<Socket> sockets)

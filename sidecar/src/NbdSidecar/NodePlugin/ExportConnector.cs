@@ -16,8 +16,9 @@ public sealed class ExportTarget(string uri, bool readOnly, IReadOnlyDictionary<
     /// <summary>The stage secrets: never log these.</summary>
     public IReadOnlyDictionary<string, string> Secrets { get; } = secrets;
 
-    /// <summary>True when TLS material was given (keys <c>tls.crt</c>, <c>tls.key</c>, <c>ca.crt</c>).</summary>
-    public bool HasTls => Secrets.Count > 0;
+    /// <summary>True for <c>nbds://</c> and <c>nbds+unix://</c> URIs, or when TLS material was given.</summary>
+    public bool HasTls =>
+        Uri.StartsWith("nbds", StringComparison.OrdinalIgnoreCase) || NbdExportConnector.TlsKeys.Any(Secrets.ContainsKey);
 
     public override string ToString() => $"{Uri}{(ReadOnly ? " (read-only)" : "")}{(HasTls ? " with TLS material" : "")}";
 }
@@ -59,7 +60,7 @@ public enum ExportFailure
     /// <summary>The URI or secrets are unusable (InvalidArgument).</summary>
     Invalid,
 
-    /// <summary>This build cannot connect this way (Unimplemented).</summary>
+    /// <summary>This node cannot attach the export this way, e.g. TLS through the kernel driver (FailedPrecondition).</summary>
     Unsupported,
 }
 
@@ -104,19 +105,4 @@ public interface IExportConnector
     /// and leaves them in transmission phase for the kernel. Throws <see cref="ExportConnectException"/>.
     /// </summary>
     Task<NegotiatedSockets> OpenSocketsAsync(ExportTarget target, int connections, CancellationToken cancellationToken);
-}
-
-/// <summary>
-/// The connector of this build until the NBD client library is merged: it refuses every connection with
-/// <see cref="ExportFailure.Unsupported"/> and says why, instead of pretending to attach anything.
-/// </summary>
-public sealed class ClientNotAvailableConnector : IExportConnector
-{
-    private const string Message = "this build of nbd-sidecar has no NBD client yet: connecting to exports is not available";
-
-    public Task<IBlockDevice> OpenDeviceAsync(ExportTarget target, CancellationToken cancellationToken) =>
-        throw new ExportConnectException(ExportFailure.Unsupported, Message);
-
-    public Task<NegotiatedSockets> OpenSocketsAsync(ExportTarget target, int connections, CancellationToken cancellationToken) =>
-        throw new ExportConnectException(ExportFailure.Unsupported, Message);
 }

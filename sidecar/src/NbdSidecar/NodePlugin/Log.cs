@@ -20,6 +20,15 @@ internal static partial class Log
     [LoggerMessage(6004, LogLevel.Information, "Volume {VolumeId}: kernel NBD device {Device} connected with {Count} socket(s)")]
     public static partial void KernelAttached(ILogger logger, string volumeId, string device, int count);
 
+    [LoggerMessage(6005, LogLevel.Information, "Export {Uri} opened with {Connections} connection(s) (read-only: {ReadOnly}, multi-conn: {MultiConn})")]
+    public static partial void ExportOpened(ILogger logger, string uri, int connections, bool readOnly, bool multiConn);
+
+    [LoggerMessage(6006, LogLevel.Warning, "Export {Uri}: {Message}")]
+    public static partial void ExportLost(ILogger logger, string uri, string message);
+
+    [LoggerMessage(6007, LogLevel.Information, "Export {Uri}: {Message}")]
+    public static partial void ExportReconnected(ILogger logger, string uri, string message);
+
     [LoggerMessage(6010, LogLevel.Information, "Volume {VolumeId}: staged at {StagingPath} ({Capability}) on {Device} through {Attacher}")]
     public static partial void Staged(ILogger logger, string volumeId, string stagingPath, CapabilitySpec capability, string device, string attacher);
 
@@ -47,8 +56,14 @@ internal static partial class Log
     [LoggerMessage(6030, LogLevel.Information, "Recovering {Count} staged volume(s) from {StateDirectory}")]
     public static partial void Recovering(ILogger logger, int count, string stateDirectory);
 
-    [LoggerMessage(6031, LogLevel.Error, "Volume {VolumeId}: could not re-attach after restart; it reports abnormal until staged again")]
+    [LoggerMessage(6031, LogLevel.Error, "Volume {VolumeId}: could not re-attach after restart; it reports abnormal and is retried in the background")]
     public static partial void RecoveryFailed(ILogger logger, Exception exception, string volumeId);
+
+    [LoggerMessage(6033, LogLevel.Information, "Volume {VolumeId}: data path re-attached by the watchdog (attempt {Attempt}; it was: {Problem})")]
+    public static partial void WatchdogReattached(ILogger logger, string volumeId, string problem, int attempt);
+
+    [LoggerMessage(6034, LogLevel.Warning, "Volume {VolumeId}: re-attach attempt {Attempt} failed, next in {Delay}: {Message}")]
+    public static partial void WatchdogRetryFailed(ILogger logger, string volumeId, int attempt, TimeSpan delay, string message);
 
     [LoggerMessage(6032, LogLevel.Warning, "State file {File} is unreadable and was skipped")]
     public static partial void StateUnreadable(ILogger logger, Exception exception, string file);

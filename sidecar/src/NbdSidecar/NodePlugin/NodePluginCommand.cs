@@ -27,6 +27,16 @@ public static class NodePluginCommand
                              auto: kernel where the module is loaded and no TLS is needed, else fuse (default)
           --state-dir DIR    where attached volumes are recorded, so a restart re-attaches them
                              (default /var/lib/nbd-csi)
+
+        volume_context: uri (nbd://, nbds://, nbd+unix:///NAME?socket=PATH, nbds+unix://), readOnly ("true"
+        attaches read-only), format ("true" formats an empty device for mount access). For nbds the stage
+        secrets hold PEM text: ca.crt (the authority of the server certificate; else the system store) and
+        optionally tls.crt with tls.key (a client certificate). They go to the client in memory and are kept,
+        readable by root only, in the state directory until unstage, so a restart can reconnect.
+
+        When the export goes away (its server restarts), the fuse data path reconnects with backoff; I/O waits
+        up to 2 minutes, then fails with EIO until the export is back; NodeGetVolumeStats reports the volume
+        abnormal meanwhile. The kernel driver waits as long, and the plugin hands it fresh connections.
         """;
 
     /// <summary>Parses the command line; throws <see cref="UsageException"/> for anything wrong.</summary>
@@ -72,7 +82,7 @@ public static class NodePluginCommand
         }
 
         var options = ParseOptions(args);
-        await using var host = await NodePluginHost.StartAsync(options, new ClientNotAvailableConnector(), cancellationToken: cancellationToken).ConfigureAwait(false);
+        await using var host = await NodePluginHost.StartAsync(options, cancellationToken: cancellationToken).ConfigureAwait(false);
         try
         {
             // Serve until SIGTERM/SIGINT; disposing the host then stops it.

@@ -33,9 +33,10 @@ public sealed class NodePluginHost : IAsyncDisposable
 
     /// <summary>
     /// Builds the server, re-attaches what the state directory records, and starts listening. The socket file
-    /// left by an earlier run is replaced.
+    /// left by an earlier run is replaced. <paramref name="connector"/> null means the real NBD client
+    /// (<see cref="NbdExportConnector"/>); tests pass their own.
     /// </summary>
-    public static async Task<NodePluginHost> StartAsync(NodePluginOptions options, IExportConnector connector, Action<ILoggingBuilder>? logging = null, CancellationToken cancellationToken = default)
+    public static async Task<NodePluginHost> StartAsync(NodePluginOptions options, IExportConnector? connector = null, Action<ILoggingBuilder>? logging = null, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(options);
         var builder = WebApplication.CreateSlimBuilder();
@@ -59,7 +60,14 @@ public sealed class NodePluginHost : IAsyncDisposable
         builder.WebHost.ConfigureKestrel(kestrel =>
             kestrel.ListenUnixSocket(options.SocketPath, listen => listen.Protocols = HttpProtocols.Http2));
         builder.Services.AddGrpc();
-        builder.Services.AddSingleton(connector);
+        if (connector is null)
+        {
+            builder.Services.AddSingleton<IExportConnector, NbdExportConnector>();
+        }
+        else
+        {
+            builder.Services.AddSingleton(connector);
+        }
         builder.Services.AddSingleton(new NodePluginState(options.NodeId, Program.Version));
         builder.Services.AddSingleton(new VolumeStateStore(options.StateDirectory));
         builder.Services.AddSingleton<FuseAttacher>();

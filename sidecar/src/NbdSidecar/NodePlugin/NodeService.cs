@@ -77,7 +77,7 @@ public sealed class NodeService(VolumeManager volumes, NodePluginState state, IL
                 ExportFailure.NotFound => StatusCode.NotFound,
                 ExportFailure.Refused => StatusCode.Unauthenticated,
                 ExportFailure.Invalid => StatusCode.InvalidArgument,
-                ExportFailure.Unsupported => StatusCode.Unimplemented,
+                ExportFailure.Unsupported => StatusCode.FailedPrecondition,
                 _ => StatusCode.Unavailable,
             };
             failure = CsiRequests.Status(code, $"cannot open the export: {e.Message}");

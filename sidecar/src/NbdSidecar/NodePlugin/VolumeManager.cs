@@ -12,9 +12,13 @@ namespace NbdSidecar.NodePlugin;
 /// volume holds that volume's lock; state is written to the <see cref="VolumeStateStore"/> after each change.
 /// Failures are <see cref="RpcException"/>s with the CSI status code.
 /// </summary>
-public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attachers, NodePluginState state, ILogger<VolumeManager> logger)
+public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attachers, NodePluginState state, ILogger<VolumeManager> logger) : IDisposable
 {
     private static readonly TimeSpan ToolTimeout = TimeSpan.FromMinutes(10);
+    private static readonly TimeSpan WatchInterval = TimeSpan.FromSeconds(2);
+    private static readonly TimeSpan FirstRetry = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan LongestRetry = TimeSpan.FromSeconds(30);
+    private readonly CancellationTokenSource _stopping = new();
     private readonly ConcurrentDictionary<string, VolumeRecord> _volumes = new(StringComparer.Ordinal);
     private readonly VolumeLocks _locks = new();
 
@@ -279,7 +283,8 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
 
     /// <summary>
     /// Loads the state directory and re-attaches every volume an earlier run staged. A volume that cannot be
-    /// re-attached stays recorded (reported abnormal by NodeGetVolumeStats, retried by the next NodeStageVolume).
+    /// re-attached (its export is unreachable, say) stays recorded, reports abnormal in NodeGetVolumeStats, and is
+    /// retried by the watchdog this starts (with backoff) and by the next NodeStageVolume.
     /// </summary>
     public async Task RecoverAllAsync(CancellationToken cancellationToken)
     {
@@ -309,6 +314,79 @@ public sealed class VolumeManager(VolumeStateStore store, AttacherRegistry attac
         }
 
         state.IsReady = true;
+        var stopping = _stopping.Token;
+        _ = Task.Run(() => WatchAsync(stopping), CancellationToken.None);
+    }
+
+    /// <summary>Stops the watchdog (plugin shutdown).</summary>
+    public void Dispose()
+    {
+        _stopping.Cancel();
+        _stopping.Dispose();
+    }
+
+    /// <summary>
+    /// The watchdog: every <see cref="WatchInterval"/> it looks at each staged volume and re-attaches the ones whose
+    /// data path is down (re-attach failed at startup; a kernel device whose connection died; a FUSE session or loop
+    /// device gone behind our back), with backoff per volume (1 s doubling to 30 s). An export that is merely away
+    /// is not its business: the FUSE device reconnects by itself.
+    /// </summary>
+    private async Task WatchAsync(CancellationToken stopping)
+    {
+        var retries = new Dictionary<string, (DateTime Next, TimeSpan Delay, int Attempt)>(StringComparer.Ordinal);
+        while (true)
+        {
+            try
+            {
+                await Task.Delay(WatchInterval, stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            foreach (var volumeId in _volumes.Keys)
+            {
+                if (retries.TryGetValue(volumeId, out var retry) && DateTime.UtcNow < retry.Next)
+                {
+                    continue;
+                }
+
+                try
+                {
+                    using var held = await _locks.AcquireAsync(volumeId, stopping).ConfigureAwait(false);
+                    if (!_volumes.TryGetValue(volumeId, out var record) || !AttacherOf(record).NeedsReattach(record, out var problem))
+                    {
+                        // Unstaged meanwhile, healthy, or brought back by a NodeStageVolume.
+                        retries.Remove(volumeId);
+                        continue;
+                    }
+
+                    var attempt = retry.Attempt + 1;
+                    try
+                    {
+                        var secrets = record.HasSecrets ? store.LoadSecrets(record.VolumeId) : new Dictionary<string, string>();
+                        await RecoverAsync(record, new ExportTarget(record.Uri, record.ReadOnly, secrets), stopping).ConfigureAwait(false);
+                        retries.Remove(volumeId);
+                        Log.WatchdogReattached(logger, volumeId, problem, attempt);
+                    }
+                    catch (Exception e) when (e is not OperationCanceledException || !stopping.IsCancellationRequested)
+                    {
+                        var delay = retry.Delay == TimeSpan.Zero ? FirstRetry : TimeSpan.FromTicks(Math.Min(retry.Delay.Ticks * 2, LongestRetry.Ticks));
+                        retries[volumeId] = (DateTime.UtcNow + delay, delay, attempt);
+                        Log.WatchdogRetryFailed(logger, volumeId, attempt, delay, e.Message);
+                    }
+                }
+                catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+                {
+                    return;
+                }
+                catch (ObjectDisposedException)
+                {
+                    return;
+                }
+            }
+        }
     }
 
     private async Task RecoverAsync(VolumeRecord record, ExportTarget target, CancellationToken cancellationToken)

@@ -131,6 +131,7 @@ public static class FuseProtocol
     // INIT flags (fuse_init_in.flags / fuse_init_out.flags).
     public const uint InitAsyncRead = 1u << 0;
     public const uint InitBigWrites = 1u << 5;
+    public const uint InitAsyncDio = 1u << 15;
     public const uint InitParallelDirOps = 1u << 18;
     public const uint InitMaxPages = 1u << 22;
 
