@@ -9,9 +9,9 @@ namespace NbdSidecar.Tests.NodePlugin;
 /// Throughput of the fuse attach path against the export itself, for the README: sequential 1 MiB reads and
 /// writes with O_DIRECT through the loop device of a volume the real plugin staged, beside nbdcopy (libnbd)
 /// reading and writing the same export. Runs only when NBD_CSI_BENCH=1 (it takes a minute and wants a quiet
-/// machine); the numbers go to the test output.
-/// <code>NBD_CSI_BENCH=1 tests/NbdSidecar.Tests/bin/Release/net10.0/NbdSidecar.Tests -class NbdSidecar.Tests.NodePlugin.AttachBenchmark -showLiveOutput</code>
+/// machine); the numbers go to the test output. `make test` leaves it out by its trait; `make bench-attach` runs it.
 /// </summary>
+[Trait("Category", "Benchmark")]
 public sealed class AttachBenchmark
 {
     private const int SizeMiB = 1024;
