@@ -10,6 +10,7 @@ ARTIFACTS := $(CURDIR)/artifacts
 TEST_ARGS ?= --ignore-exit-code 8
 SIDECAR := $(ARTIFACTS)/sidecar/nbd-sidecar
 OPERATOR := $(ARTIFACTS)/operator/nbd-operator
+CHART := charts/nbd-operator
 export DOTNET_CLI_TELEMETRY_OPTOUT := 1
 export DOTNET_NOLOGO := 1
 export DOTNET_SKIP_FIRST_TIME_EXPERIENCE := 1
@@ -37,23 +38,39 @@ format: ## Apply formatting and code-style fixes
 	$(DOTNET) format NbdOperator.sln -v:q
 
 .PHONY: manifests
-manifests: ## Generate crds/*.yaml from the C# API types (operator/src/NbdOperator/Api)
+manifests: ## Generate crds/*.yaml from the C# API types (operator/src/NbdOperator/Api) and copy them into the chart
 	$(DOTNET) run --project operator/src/NbdOperator -c $(CONFIGURATION) -v:q -- generate-crds crds >/dev/null
+	rm -f $(CHART)/files/crds/*.yaml
+	mkdir -p $(CHART)/files/crds
+	cp crds/*.yaml $(CHART)/files/crds/
 
 .PHONY: check-manifests
-check-manifests: ## Fail if crds/*.yaml differ from what `make manifests` generates
+check-manifests: ## Fail if crds/*.yaml or the chart's copies differ from what `make manifests` generates
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(DOTNET) run --project operator/src/NbdOperator -c $(CONFIGURATION) -v:q -- generate-crds "$$tmp" >/dev/null; \
 	if ! diff -ru --exclude=samples "$$tmp" crds >&2 || [ -n "$$(cd crds && ls *.yaml | grep -vxFf <(cd $$tmp && ls))" ]; then \
 	  echo "check-manifests: crds/ is out of date; run 'make manifests' and commit the result" >&2; exit 1; \
+	fi; \
+	if ! diff -ru "$$tmp" $(CHART)/files/crds >&2; then \
+	  echo "check-manifests: $(CHART)/files/crds/ differs from crds/; run 'make manifests' and commit the result" >&2; exit 1; \
 	fi
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict and helm template the chart with its defaults and each ci/*-values.yaml
+	@tools=$$(tests/testenv/helm.sh); \
+	for values in "" $(CHART)/ci/*-values.yaml; do \
+	  "$$tools/helm" lint --strict --quiet $(CHART) $${values:+-f "$$values"} >/dev/null || \
+	    { "$$tools/helm" lint --strict $(CHART) $${values:+-f "$$values"} >&2; exit 1; }; \
+	  "$$tools/helm" template chart-lint $(CHART) --namespace nbd-system $${values:+-f "$$values"} >/dev/null; \
+	done; \
+	echo "chart-lint: $(CHART) passes helm lint --strict and renders with defaults and $$(ls $(CHART)/ci/*-values.yaml | wc -l) value sets"
 
 .PHONY: run-operator
 run-operator: build ## Run the operator against $$KUBECONFIG (ARGS="--namespace vms" for more flags)
 	$(OPERATOR) --metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 $(ARGS)
 
 .PHONY: test
-test: deps build lint check-manifests ## Install test dependencies, build, and run every test
+test: deps build lint check-manifests chart-lint ## Install test dependencies, build, and run every test
 	$(DOTNET) test --solution NbdOperator.sln -c $(CONFIGURATION) --no-build --results-directory $(ARTIFACTS)/test-results $(TEST_ARGS)
 
 .PHONY: run
