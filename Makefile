@@ -85,6 +85,19 @@ bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--q
 bench-copy: build ## Benchmark nbd-sidecar copy against nbdcopy and qemu-img convert (BENCH_ARGS=--quick for a smoke run)
 	tests/bench/copy-bench.sh --sidecar $(SIDECAR) $(BENCH_ARGS)
 
+# The chart's image defaults: ghcr.io/nbdoperator/nbd-{operator,sidecar}:<appVersion of the chart>.
+IMAGE_REGISTRY ?= ghcr.io/nbdoperator
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' $(CHART)/Chart.yaml)
+DOCKER ?= docker
+
+.PHONY: images
+images: ## Build the nbd-operator and nbd-sidecar images with Docker (IMAGE_REGISTRY=..., IMAGE_TAG=...)
+	$(DOCKER) build -f operator/Dockerfile -t $(IMAGE_REGISTRY)/nbd-operator:$(IMAGE_TAG) .
+	$(DOCKER) build -f sidecar/Dockerfile -t $(IMAGE_REGISTRY)/nbd-sidecar:$(IMAGE_TAG) .
+	@echo "images: built $(IMAGE_REGISTRY)/nbd-operator:$(IMAGE_TAG) and $(IMAGE_REGISTRY)/nbd-sidecar:$(IMAGE_TAG);" \
+	  "install with: helm install nbd-operator $(CHART) -n nbd-system --create-namespace" \
+	  "--set operator.image.repository=$(IMAGE_REGISTRY)/nbd-operator --set sidecar.image.repository=$(IMAGE_REGISTRY)/nbd-sidecar"
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf $(ARTIFACTS)
