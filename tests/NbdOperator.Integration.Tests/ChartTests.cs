@@ -421,6 +421,12 @@ public partial class ChartTests(KubeFixture fixture)
             await c.CreateExportAsync(TestCluster.NewExport("vm-export", "vm-disk"));
             var export = await c.WaitForReasonAsync("vm-export", ExportReasons.Ready);
             Assert.Equal("ghcr.io/nbdoperator/nbd-sidecar:0.1.0", (await c.ServerPodsAsync(export))[0].Spec.Containers[0].Image);
+            // Leading means renewing too (an update of the Lease), not only taking it.
+            await Wait.UntilAsync("the Lease renewed", async () =>
+            {
+                var l = await env.Kube.Client.CoordinationV1.ReadNamespacedLeaseAsync("nbd-operator-leader", ChartEnvironment.ReleaseNamespace);
+                return l.Spec.RenewTime > lease.Spec.RenewTime;
+            }, describe: () => Task.FromResult(process.Output));
             Assert.Equal(0, await process.StopAsync());
             Assert.DoesNotContain("Forbidden", process.Output, StringComparison.Ordinal);
         }
@@ -436,10 +442,18 @@ public partial class ChartTests(KubeFixture fixture)
         var audit = env.ReadAudit();
         Assert.Contains(audit, r => r.User == ChartEnvironment.OperatorUser);
         var (forbidden, unused) = ChartEnvironment.Compare(audit, ChartEnvironment.OperatorUser, await env.GrantedAsync());
-        Assert.True(forbidden.Count == 0,
-            "requests the chart's RBAC forbade (add the permission in charts/nbd-operator/templates/_rbac.tpl):\n" + string.Join("\n", forbidden));
-        Assert.True(unused.Count == 0,
-            "permissions the chart grants but no flow used (remove them from charts/nbd-operator/templates/_rbac.tpl, or add the flow that needs them):\n" +
-            string.Join("\n", unused));
+        var problems = new List<string>();
+        if (forbidden.Count > 0)
+        {
+            problems.Add("requests the chart's RBAC forbade (add the permission in charts/nbd-operator/templates/_rbac.tpl):\n  " + string.Join("\n  ", forbidden));
+        }
+
+        if (unused.Count > 0)
+        {
+            problems.Add("permissions the chart grants but no flow used (remove them from charts/nbd-operator/templates/_rbac.tpl, or add the flow that needs them):\n  " +
+                string.Join("\n  ", unused));
+        }
+
+        Assert.True(problems.Count == 0, string.Join("\n", problems));
     }
 }
