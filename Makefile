@@ -66,16 +66,16 @@ chart-lint: ## helm lint --strict and helm template the chart with its defaults 
 	echo "chart-lint: $(CHART) passes helm lint --strict and renders with defaults and $$(ls $(CHART)/ci/*-values.yaml | wc -l) value sets"
 
 .PHONY: run-operator
-run-operator: build ## Run the operator against $$KUBECONFIG (ARGS="--namespace vms" for more flags)
-	$(OPERATOR) --metrics-bind-address 127.0.0.1:8080 --health-probe-bind-address 127.0.0.1:8081 $(ARGS)
+run-operator: ## Same as `make run MODE=operator`
+	@$(MAKE) --no-print-directory run MODE=operator ARGS="$(ARGS)"
 
 .PHONY: test
 test: deps build lint check-manifests chart-lint ## Install test dependencies, build, and run every test
 	$(DOTNET) test --solution NbdOperator.sln -c $(CONFIGURATION) --no-build --results-directory $(ARTIFACTS)/test-results $(TEST_ARGS)
 
 .PHONY: run
-run: build ## Serve a sample sparse disk on 127.0.0.1:10809 and a unix socket (Ctrl-C stops)
-	@sidecar/scripts/run-local.sh
+run: build ## Serve a sample sparse disk on 127.0.0.1:10809 (Ctrl-C stops); MODE=operator: run the operator against the current kubeconfig context (ARGS="--namespace vms")
+	@sidecar/scripts/run-local.sh $(if $(filter operator,$(MODE)),--operator $(ARGS))
 
 .PHONY: bench
 bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--quick for a smoke run)
