@@ -1,9 +1,58 @@
 #!/usr/bin/env bash
 # make run: serve a sample sparse disk image with nbd-sidecar on 127.0.0.1:10809 and a unix socket, print
 # URIs and commands to paste, and stop cleanly on Ctrl-C. The image is created once under artifacts/run/.
+#
+# make run MODE=operator (run-local.sh --operator [OPERATOR FLAGS]): run nbd-operator on this machine
+# against the cluster of the current kubeconfig context ($KUBECONFIG, else ~/.kube/config), with
+# /metrics on 127.0.0.1:8080 and /healthz, /readyz on 127.0.0.1:8081; Ctrl-C stops it.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
+
+run_operator() {
+  local operator="$root/artifacts/operator/nbd-operator" kubectl context server app_version
+  if [ ! -x "$operator" ]; then
+    echo "run-local: $operator is missing; run 'make build' first" >&2
+    exit 1
+  fi
+  if command -v kubectl >/dev/null 2>&1; then
+    kubectl=kubectl
+  else
+    kubectl="$("$root/tests/testenv/helm.sh")/kubectl"
+  fi
+  if ! context=$("$kubectl" config current-context 2>/dev/null) || [ -z "$context" ]; then
+    echo "run-local: no current kubeconfig context (KUBECONFIG=${KUBECONFIG:-~/.kube/config}); point KUBECONFIG at a" \
+      "cluster or 'kubectl config use-context NAME'. 'make run' without MODE needs no cluster." >&2
+    exit 1
+  fi
+  server=$("$kubectl" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+  if ! "$kubectl" get crd nbdexports.nbdoperator.io >/dev/null 2>&1; then
+    echo "run-local: the NbdExport CRD is not installed in context '$context' ($server) or the cluster is" \
+      "unreachable; install the CRDs with 'kubectl apply -f $root/crds/' (or the chart), then run again." >&2
+    exit 1
+  fi
+  app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$root/charts/nbd-operator/Chart.yaml")
+  cat <<INFO
+
+Running nbd-operator against context '$context' ($server).
+Metrics: http://127.0.0.1:${NBD_METRICS_PORT:-8080}/metrics   health: http://127.0.0.1:${NBD_HEALTH_PORT:-8081}/healthz /readyz
+Export pods use ${NBD_SIDECAR_IMAGE:-ghcr.io/nbdoperator/nbd-sidecar:$app_version} (NBD_SIDECAR_IMAGE=... to change).
+Try: kubectl apply -f $root/crds/samples/nbdexport-pvc.yaml; kubectl get nbdexports -w
+
+Press Ctrl-C to stop.
+
+INFO
+  exec "$operator" \
+    --metrics-bind-address "127.0.0.1:${NBD_METRICS_PORT:-8080}" \
+    --health-probe-bind-address "127.0.0.1:${NBD_HEALTH_PORT:-8081}" \
+    --sidecar-image "${NBD_SIDECAR_IMAGE:-ghcr.io/nbdoperator/nbd-sidecar:$app_version}" \
+    "$@"
+}
+
+if [ "${1:-}" = --operator ]; then
+  shift
+  run_operator "$@"
+fi
 sidecar="$root/artifacts/sidecar/nbd-sidecar"
 dir="$root/artifacts/run"
 image="$dir/sample.img"

@@ -490,6 +490,7 @@ cmd_start() {
   # A fresh environment: drop the state of an earlier one (only what this script creates).
   rm -rf "$dir/etcd" "$dir/certs"
   rm -f "$dir/pids" "$dir/env" "$dir/kubeconfig" "$dir/tokens.csv" "$dir"/{etcd,kube-apiserver,kube-controller-manager}.log
+  rm -f "$dir/audit.log" "$dir/audit-policy.yaml"
   START_DIR=$dir
   START_OK=0
   trap 'on_start_exit' EXIT
@@ -500,6 +501,17 @@ cmd_start() {
   token=$(openssl rand -hex 24)
   echo "$token,admin,admin,system:masters" >"$dir/tokens.csv"
   chmod 600 "$dir/tokens.csv"
+  # Every request made with a ServiceAccount's credentials is audited (who, verb, resource, decision),
+  # so tests can compare what an operator running with a chart's identity did with what RBAC grants it.
+  cat >"$dir/audit-policy.yaml" <<'EOF_POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+EOF_POLICY
 
   # Ports are picked and bound under a lock shared by all starts using this cache, so concurrent
   # starts cannot pick the same free port; a collision with anything else (address already in
@@ -542,7 +554,9 @@ cmd_start() {
       --authorization-mode=RBAC \
       --service-cluster-ip-range=10.0.0.0/24 \
       --allow-privileged=true \
-      --disable-admission-plugins=ServiceAccount
+      --disable-admission-plugins=ServiceAccount \
+      --audit-policy-file="$dir/audit-policy.yaml" \
+      --audit-log-path="$dir/audit.log" --audit-log-format=json
     api_pid=$LAUNCHED_PID
     rc=0
     wait_for "$api_pid" "$BIN/kube-apiserver" \
@@ -582,6 +596,7 @@ cmd_start() {
     printf 'export NBD_TESTENV_SERVER=%q\n' "$server"
     printf 'export NBD_TESTENV_TOKEN=%q\n' "$token"
     printf 'export NBD_TESTENV_CA_FILE=%q\n' "$dir/certs/ca.crt"
+    printf 'export NBD_TESTENV_AUDIT_LOG=%q\n' "$dir/audit.log"
     printf 'export NBD_TESTENV_ETCD=%q\n' "$etcd_url"
     printf 'export NBD_TESTENV_ETCD_PID=%q\n' "$etcd_pid"
     printf 'export NBD_TESTENV_APISERVER_PID=%q\n' "$api_pid"

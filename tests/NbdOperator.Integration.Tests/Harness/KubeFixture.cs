@@ -37,6 +37,27 @@ public sealed class KubeFixture : IAsyncLifetime
     /// <summary>A client without fault injection, for arranging and asserting.</summary>
     public Kubernetes Client { get; private set; } = null!;
 
+    /// <summary>
+    /// False for an environment whose CRDs something else installs (the chart tests install them with
+    /// Helm); the VolumeSnapshot CRD, a cluster prerequisite, is installed either way.
+    /// </summary>
+    internal bool InstallOurCrds { get; init; } = true;
+
+    /// <summary>The directory holding this environment's state, logs and kubeconfig.</summary>
+    public string Dir => _dir ?? throw new InvalidOperationException("the environment has not started");
+
+    /// <summary>The apiserver's audit log: every request made with a ServiceAccount's credentials (JSON lines).</summary>
+    public string AuditLogPath => Path.Combine(Dir, "audit.log");
+
+    /// <summary>
+    /// The identity operators started by <see cref="TestCluster"/> use; null: the admin <see cref="Config"/>.
+    /// The chart tests set a ServiceAccount token here, so flows run with the chart's RBAC.
+    /// </summary>
+    public KubernetesClientConfiguration? OperatorConfig { get; set; }
+
+    /// <summary>A client with the operators' identity (<see cref="OperatorConfig"/>, else admin).</summary>
+    public Kubernetes NewOperatorClient(params DelegatingHandler[] handlers) => new(OperatorConfig ?? Config, handlers);
+
     public async ValueTask InitializeAsync()
     {
         if (!File.Exists(Script))
@@ -53,9 +74,19 @@ public sealed class KubeFixture : IAsyncLifetime
         await RunScriptAsync(StartTimeout, "start", _dir);
         Config = KubernetesClientConfiguration.BuildConfigFromConfigFile(KubeconfigPath);
         Client = new Kubernetes(Config);
-        await InstallCrdsAsync();
-        _gcWarm = WarmUpGarbageCollectorAsync();
+        if (InstallOurCrds)
+        {
+            await InstallCrdsAsync();
+            StartGarbageCollectorWarmUp();
+        }
+        else
+        {
+            await InstallCrdsAsync(VolumeSnapshotCrd.Definition);
+        }
     }
+
+    /// <summary>Starts the warm-up <see cref="GarbageCollectorReadyAsync"/> waits for (once the NbdExport CRD exists).</summary>
+    public void StartGarbageCollectorWarmUp() => _gcWarm = WarmUpGarbageCollectorAsync();
 
     private Task _gcWarm = Task.CompletedTask;
 
@@ -143,15 +174,23 @@ public sealed class KubeFixture : IAsyncLifetime
         }
     }
 
-    private async Task InstallCrdsAsync()
+    private Task InstallCrdsAsync() => InstallCrdsAsync(Directory.GetFiles(Path.Combine(RepoRoot, "crds"), "*.yaml")
+        .Select(f => KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(f)))
+        .Append(VolumeSnapshotCrd.Definition)
+        .ToArray());
+
+    /// <summary>Creates CRDs (those that already exist are left as they are) and waits until they are Established.</summary>
+    public async Task InstallCrdsAsync(params V1CustomResourceDefinition[] crds)
     {
-        var crds = Directory.GetFiles(Path.Combine(RepoRoot, "crds"), "*.yaml")
-            .Select(f => KubernetesYaml.Deserialize<V1CustomResourceDefinition>(File.ReadAllText(f)))
-            .Append(VolumeSnapshotCrd.Definition)
-            .ToList();
         foreach (var crd in crds)
         {
-            await Client.ApiextensionsV1.CreateCustomResourceDefinitionAsync(crd);
+            try
+            {
+                await Client.ApiextensionsV1.CreateCustomResourceDefinitionAsync(crd);
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict)
+            {
+            }
         }
 
         foreach (var crd in crds)

@@ -84,11 +84,14 @@ public sealed class TestCluster : IAsyncDisposable
         return cluster;
     }
 
-    /// <summary>Starts an operator for this namespace (in-process, on its own client).</summary>
+    /// <summary>
+    /// Starts an operator for this namespace (in-process, on its own client, with the fixture's operator
+    /// identity: admin, or the chart's ServiceAccount in the chart tests).
+    /// </summary>
     public async Task<Manager> StartOperatorAsync(Action<ManagerOptions>? configure = null, ExportSettings? settings = null,
         DelegatingHandler[]? handlers = null, bool waitForStart = true)
     {
-        var client = _fixture.NewClient(handlers ?? []);
+        var client = _fixture.NewOperatorClient(handlers ?? []);
         var options = new ManagerOptions
         {
             Namespace = Namespace,
