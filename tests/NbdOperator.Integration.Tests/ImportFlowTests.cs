@@ -121,10 +121,22 @@ public class ImportFlowTests(KubeFixture fixture)
         }
     }
 
+    /// <summary>Writes <paramref name="data"/> to a sparse temporary file: all-zero 4 KiB blocks stay holes, as on a real thin disk.</summary>
     private static async Task<string> TempImageAsync(byte[] data)
     {
         var path = Path.Combine(Path.GetTempPath(), $"nbd-import-{Guid.NewGuid():N}.img");
-        await File.WriteAllBytesAsync(path, data, Ct);
+        await using var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
+        file.SetLength(data.Length);
+        for (var offset = 0; offset < data.Length; offset += 4096)
+        {
+            var block = data.AsMemory(offset, Math.Min(4096, data.Length - offset));
+            if (block.Span.IndexOfAnyExcept((byte)0) >= 0)
+            {
+                file.Position = offset;
+                await file.WriteAsync(block, Ct);
+            }
+        }
+
         return path;
     }
 

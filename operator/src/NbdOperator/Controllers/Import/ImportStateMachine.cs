@@ -312,10 +312,12 @@ public static class ImportStateMachine
         actions.Add(new CreateImporterPod(pod));
         status.PodName = pod.Metadata.Name;
         status.StartTime ??= Conditions.TruncateToSeconds(o.Now);
-        return Plan(ImportState.Starting, ImportPhases.Pending, ImportReasons.PodPending,
-            attempt == 0
-                ? $"creating importer pod {pod.Metadata.Name} to copy {source.Url} ({ImportSizing.Human(size.Value)}) into PersistentVolumeClaim {claimName}"
-                : $"creating importer pod {pod.Metadata.Name} (attempt {attempt + 1}); it resumes from the checkpoint");
+        // A replacement is announced as a retry (with the failure), so that every failed attempt shows in the events.
+        return attempt == 0
+            ? Plan(ImportState.Starting, ImportPhases.Pending, ImportReasons.PodPending,
+                $"creating importer pod {pod.Metadata.Name} to copy {source.Url} ({ImportSizing.Human(size.Value)}) into PersistentVolumeClaim {claimName}")
+            : Plan(ImportState.Retrying, ImportPhases.Running, ImportReasons.Retrying,
+                $"attempt {attempt} failed ({status.LastError ?? "the importer pod ended without success"}); created importer pod {pod.Metadata.Name} (attempt {attempt + 1} of {(spec.BackoffLimit ?? 6) + 1}), which resumes from the checkpoint");
 
         ImportPlan Plan(ImportState state, string phase, string reason, string message) =>
             new(state, phase, reason, message) { Status = status, Actions = actions };
