@@ -47,10 +47,9 @@ public static class ImportSizing
     /// <summary>status.progress: a percentage with two decimals, as KubeVirt CDI shows it ("42.50%").</summary>
     public static string Percent(long done, long total)
     {
-        var fraction = total <= 0 ? 1.0 : Math.Clamp((double)done / total, 0, 1);
-        // Never show 100% before the last byte is done.
-        var percent = Math.Floor(fraction * 10000) / 100;
-        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{percent:0.00}%");
+        // Hundredths of a percent in integer arithmetic, rounded down: never 100% before the last byte is done.
+        var hundredths = total <= 0 ? 10000 : (long)(Int128.Clamp(done, 0, total) * 10000 / total);
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{hundredths / 100}.{hundredths % 100:00}%");
     }
 
     private static void CheckOverhead(double overhead)
