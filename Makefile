@@ -68,6 +68,10 @@ bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--q
 bench-copy: build ## Benchmark nbd-sidecar copy against nbdcopy and qemu-img convert (BENCH_ARGS=--quick for a smoke run)
 	tests/bench/copy-bench.sh --sidecar $(SIDECAR) $(BENCH_ARGS)
 
+.PHONY: bench-import
+bench-import: build ## Benchmark an end-to-end NbdImport (operator + pod runner) against nbdcopy (BENCH_ARGS=--quick for a smoke run)
+	tests/bench/import-bench.sh $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf $(ARTIFACTS)
