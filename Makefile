@@ -102,6 +102,10 @@ images: ## Build the nbd-operator and nbd-sidecar images with Docker (IMAGE_REGI
 	  "install with: helm install nbd-operator $(CHART) -n nbd-system --create-namespace" \
 	  "--set operator.image.repository=$(IMAGE_REGISTRY)/nbd-operator --set sidecar.image.repository=$(IMAGE_REGISTRY)/nbd-sidecar"
 
+.PHONY: bench-import
+bench-import: build ## Benchmark an end-to-end NbdImport (operator + pod runner) against nbdcopy (BENCH_ARGS=--quick for a smoke run)
+	tests/bench/import-bench.sh $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf $(ARTIFACTS)

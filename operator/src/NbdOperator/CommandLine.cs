@@ -19,7 +19,7 @@ public sealed class OperatorOptions
     public const string DefaultSidecarImage = "nbd-sidecar:latest";
 
     public const string Usage = """
-        nbd-operator: the NbdExport (and NbdImport) controllers of NbdOperator
+        nbd-operator: the NbdExport and NbdImport controllers of NbdOperator
 
         Usage:
           nbd-operator [FLAGS]              run the controllers
@@ -34,7 +34,7 @@ public sealed class OperatorOptions
           --leader-election-namespace NS    namespace of the Lease; default $POD_NAMESPACE, the pod's own
                                             namespace in a cluster, else "default"
           --leader-election-id NAME         name of the Lease (default nbd-operator-leader)
-          --sidecar-image IMAGE             image of the export/import pods (default nbd-sidecar:latest)
+          --sidecar-image IMAGE             image of the export server and importer pods (default nbd-sidecar:latest)
           --metrics-bind-address ADDR       serve /metrics on ADDR, e.g. :8080 (default); 0 turns it off
           --health-probe-bind-address ADDR  serve /healthz and /readyz on ADDR, e.g. :8081 (default); 0 = off
           --workers N                       concurrent reconciles per controller (default 2)

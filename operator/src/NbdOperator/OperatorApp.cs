@@ -3,18 +3,20 @@ using k8s.Models;
 using Microsoft.Extensions.Logging;
 using NbdOperator.Api;
 using NbdOperator.Controllers.Export;
+using NbdOperator.Controllers.Import;
 using NbdOperator.Runtime;
 
 namespace NbdOperator;
 
-/// <summary>Wires the informers, the NbdExport controller and its watches into a <see cref="Manager"/>.</summary>
+/// <summary>Wires the informers, the NbdExport and NbdImport controllers and their watches into a <see cref="Manager"/>.</summary>
 public static class OperatorApp
 {
     public const string Component = "nbd-operator";
 
-    /// <summary>A manager running the NbdExport controller (the NbdImport controller joins here later).</summary>
+    /// <summary>A manager running the NbdExport and NbdImport controllers.</summary>
     public static Manager Create(IKubernetes client, ManagerOptions options, ExportSettings exportSettings, ILoggerFactory loggerFactory,
-        int workers = 2, IServerProbe? probe = null, TimeProvider? time = null)
+        int workers = 2, IServerProbe? probe = null, TimeProvider? time = null, ImportSettings? importSettings = null,
+        ISourceProbe? sourceProbe = null, IProgressProbe? progressProbe = null)
     {
         var manager = new Manager(client, options, loggerFactory);
         var ns = manager.Namespace;
@@ -45,14 +47,67 @@ public static class OperatorApp
             EnqueueOwner(controller, c.Metadata);
             EnqueueExportsOfClaim(controller, exports, c.Metadata.NamespaceProperty, c.Metadata.Name);
         });
+
+        AddImportController(manager, client, exports, pods, claims, importSettings ?? new ImportSettings(exportSettings.SidecarImage) { ImagePullPolicy = exportSettings.ImagePullPolicy },
+            loggerFactory, workers, sourceProbe, progressProbe, time);
         return manager;
     }
 
-    private static void EnqueueOwner(Controller controller, V1ObjectMeta metadata)
+    private static void AddImportController(Manager manager, IKubernetes client, Informer<NbdExport> exports, Informer<V1Pod> pods,
+        Informer<V1PersistentVolumeClaim> claims, ImportSettings settings, ILoggerFactory loggerFactory, int workers,
+        ISourceProbe? sourceProbe, IProgressProbe? progressProbe, TimeProvider? time)
+    {
+        var imports = manager.AddInformer(ListWatches.Custom<NbdImport>(client, NbdApi.Group, NbdApi.Version, NbdImport.Plural, manager.Namespace));
+        var reconciler = new NbdImportReconciler(client, imports, pods, claims, new StatusWriter(client),
+            new EventRecorder(client, Component, loggerFactory.CreateLogger("events"), time),
+            sourceProbe ?? new NbdSourceProbe(), progressProbe ?? new HttpProgressProbe(new HttpClient()), settings,
+            loggerFactory.CreateLogger("nbdimport"), time);
+        var controller = manager.AddController("nbdimport", reconciler, workers);
+
+        imports.OnAny(i => controller.Enqueue(ObjectKey.Of(i)));
+        pods.OnAny(p =>
+        {
+            EnqueueOwner(controller, p.Metadata, NbdImport.KindName);
+            // A pod that starts or stops using a claim changes whether imports into it may start.
+            foreach (var claim in p.Spec?.Volumes?.Select(v => v.PersistentVolumeClaim?.ClaimName).OfType<string>() ?? [])
+            {
+                EnqueueImportsOfClaim(controller, imports, p.Metadata.NamespaceProperty, claim);
+            }
+        });
+        claims.OnAny(c =>
+        {
+            EnqueueOwner(controller, c.Metadata, NbdImport.KindName);
+            EnqueueImportsOfClaim(controller, imports, c.Metadata.NamespaceProperty, c.Metadata.Name);
+        });
+        exports.OnAny(e =>
+        {
+            foreach (var import in imports.Cache.List())
+            {
+                if (import.Spec?.Source?.ExportRef is { } reference && reference.Name == e.Metadata.Name &&
+                    (string.IsNullOrEmpty(reference.Namespace) ? import.Metadata.NamespaceProperty : reference.Namespace) == e.Metadata.NamespaceProperty)
+                {
+                    controller.Enqueue(ObjectKey.Of(import));
+                }
+            }
+        });
+    }
+
+    private static void EnqueueImportsOfClaim(Controller controller, Informer<NbdImport> imports, string ns, string claim)
+    {
+        foreach (var import in imports.Cache.List(ns))
+        {
+            if (import.Spec?.Target is not null && ImportBuilders.TargetClaimName(import) == claim)
+            {
+                controller.Enqueue(ObjectKey.Of(import));
+            }
+        }
+    }
+
+    private static void EnqueueOwner(Controller controller, V1ObjectMeta metadata, string kind = NbdExport.KindName)
     {
         foreach (var owner in metadata.OwnerReferences ?? [])
         {
-            if (owner.Kind == NbdExport.KindName && owner.ApiVersion == NbdApi.ApiVersion)
+            if (owner.Kind == kind && owner.ApiVersion == NbdApi.ApiVersion)
             {
                 controller.Enqueue(new ObjectKey(metadata.NamespaceProperty, owner.Name));
             }

@@ -37,7 +37,10 @@ public sealed class PodRunnerOptions
 /// <item>binds Pending PVCs to a fresh local volume (a sparse file in Block mode, a directory in Filesystem
 /// mode), restoring it from a VolumeSnapshot when the claim's dataSource names one;</item>
 /// <item>cuts VolumeSnapshots by copying the source volume;</item>
-/// <item>resolves Service DNS names to the ready pod behind the Service, as cluster DNS plus kube-proxy would.</item>
+/// <item>resolves Service DNS names to the ready pod behind the Service, as cluster DNS plus kube-proxy would,
+/// for tests and in the <c>nbd://NAME.NAMESPACE.svc…</c> arguments of the containers it runs;</item>
+/// <item>maps the container's termination message path to a file and reports what the process wrote there as
+/// the terminated state's message (falling back to the log tail for FallbackToLogsOnError, as kubelet does).</item>
 /// </list>
 /// It is built from the operator's own runtime (informers, work queues, level-based reconcilers).
 /// </summary>
@@ -239,8 +242,11 @@ public sealed class PodRunner : IAsyncDisposable
             await exited.WaitForExitAsync(ct); // flush the log
             var code = exited.ExitCode;
             var fallback = pod.Spec.Containers[0].TerminationMessagePolicy == "FallbackToLogsOnError" && code != 0;
+            var message = running.TerminationLog is { } log && File.Exists(log) && await File.ReadAllTextAsync(log, ct) is { Length: > 0 } written
+                ? written[..Math.Min(written.Length, 4096)]
+                : fallback ? running.LogTail : null;
             await WriteStatusAsync(pod, code == 0 ? "Succeeded" : "Failed", running.Address, ready: false,
-                terminated: (code, fallback ? running.LogTail : null, running.ExitTime), ct: ct);
+                terminated: (code, message, running.ExitTime), ct: ct);
             return ReconcileResult.Done;
         }
 
@@ -289,6 +295,21 @@ public sealed class PodRunner : IAsyncDisposable
             }
         }
 
+        var terminationLog = Path.Combine(podDir, "termination-log");
+        File.WriteAllText(terminationLog, "");
+        paths.Add((container.TerminationMessagePath ?? "/dev/termination-log", terminationLog));
+        entry.TerminationLog = terminationLog;
+
+        // Cluster DNS and kube-proxy: a Service name in an NBD URI reaches the ready pod behind it.
+        var args = new List<string>();
+        foreach (var arg in container.Args ?? [])
+        {
+            args.Add(arg.StartsWith("nbd", StringComparison.Ordinal) && arg.Contains("://", StringComparison.Ordinal) &&
+                     Uri.TryCreate(arg, UriKind.Absolute, out var uri) && uri.Host.EndsWith(".svc", StringComparison.Ordinal)
+                ? await ResolveAsync(arg)
+                : arg);
+        }
+
         string Map(string arg)
         {
             arg = arg.Replace("0.0.0.0:", address + ":", StringComparison.Ordinal);
@@ -312,7 +333,7 @@ public sealed class PodRunner : IAsyncDisposable
             UseShellExecute = false,
             WorkingDirectory = podDir,
         };
-        foreach (var arg in container.Args ?? [])
+        foreach (var arg in args)
         {
             psi.ArgumentList.Add(Map(arg));
         }
@@ -706,6 +727,7 @@ public sealed class PodRunner : IAsyncDisposable
         public Process? Process { get; set; }
         public DateTime? ExitTime { get; set; }
         public string? CommandLine { get; set; }
+        public string? TerminationLog { get; set; }
 
         public string Log
         {

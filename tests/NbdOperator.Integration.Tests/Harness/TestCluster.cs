@@ -5,6 +5,7 @@ using k8s.Models;
 using Microsoft.Extensions.Logging;
 using NbdOperator.Api;
 using NbdOperator.Controllers.Export;
+using NbdOperator.Controllers.Import;
 using NbdOperator.Runtime;
 
 namespace NbdOperator.Integration.Tests.Harness;
@@ -37,6 +38,16 @@ public sealed class TestCluster : IAsyncDisposable
         ServerRestartDelay = TimeSpan.FromSeconds(1),
         DiskImageRetryDelay = TimeSpan.FromSeconds(2),
         TtlRecheck = TimeSpan.FromSeconds(1),
+    };
+
+    /// <summary>Import settings with short intervals (progress every second, retries after a second).</summary>
+    public static ImportSettings FastImportSettings(string image = "nbd-sidecar:test") => new(image)
+    {
+        ProgressInterval = TimeSpan.FromSeconds(1),
+        CheckpointInterval = TimeSpan.FromSeconds(1),
+        RetryDelay = TimeSpan.FromSeconds(1),
+        MaxRetryDelay = TimeSpan.FromSeconds(2),
+        UnwatchedRecheck = TimeSpan.FromSeconds(1),
     };
 
     /// <summary>
@@ -89,7 +100,7 @@ public sealed class TestCluster : IAsyncDisposable
     /// identity: admin, or the chart's ServiceAccount in the chart tests).
     /// </summary>
     public async Task<Manager> StartOperatorAsync(Action<ManagerOptions>? configure = null, ExportSettings? settings = null,
-        DelegatingHandler[]? handlers = null, bool waitForStart = true)
+        DelegatingHandler[]? handlers = null, bool waitForStart = true, ImportSettings? importSettings = null)
     {
         var client = _fixture.NewOperatorClient(handlers ?? []);
         var options = new ManagerOptions
@@ -103,7 +114,8 @@ public sealed class TestCluster : IAsyncDisposable
             RetryPeriod = TimeSpan.FromMilliseconds(500),
         };
         configure?.Invoke(options);
-        var manager = OperatorApp.Create(client, options, settings ?? FastSettings(), LoggerFactory);
+        var manager = OperatorApp.Create(client, options, settings ?? FastSettings(), LoggerFactory,
+            importSettings: importSettings ?? FastImportSettings(), sourceProbe: new ResolvingSourceProbe(Runner, new NbdSourceProbe()));
         var stop = new CancellationTokenSource();
         var run = Task.Run(() => manager.RunAsync(stop.Token));
         _operators.Add((manager, stop, run, client));
@@ -212,6 +224,52 @@ public sealed class TestCluster : IAsyncDisposable
         (await Client.CoreV1.ListNamespacedPodAsync(Namespace, labelSelector: $"{ExportLabels.ExportUid}={export.Metadata.Uid}")).Items
         .Where(p => p.Metadata.DeletionTimestamp is null).ToList();
 
+    public async Task<NbdImport> CreateImportAsync(string name, Action<NbdImportSpec> configure)
+    {
+        var import = new NbdImport { Metadata = new V1ObjectMeta { Name = name } };
+        configure(import.Spec);
+        return await Client.CustomObjects.CreateNamespacedCustomObjectAsync<NbdImport>(import, NbdApi.Group, NbdApi.Version, Namespace, NbdImport.Plural);
+    }
+
+    public async Task<NbdImport?> GetImportAsync(string name)
+    {
+        try
+        {
+            return await Client.CustomObjects.GetNamespacedCustomObjectAsync<NbdImport>(NbdApi.Group, NbdApi.Version, Namespace, NbdImport.Plural, name);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+    }
+
+    public async Task DeleteImportAsync(string name) =>
+        await Client.CustomObjects.DeleteNamespacedCustomObjectAsync(NbdApi.Group, NbdApi.Version, Namespace, NbdImport.Plural, name);
+
+    /// <summary>Waits until the import's Ready condition has <paramref name="reason"/> (and the status is current).</summary>
+    public async Task<NbdImport> WaitForImportReasonAsync(string name, string reason, TimeSpan? timeout = null) =>
+        await WaitForImportAsync(name, $"reason {reason}", i => Conditions.Find(i.Status?.Conditions, ImportReasons.ReadyCondition)?.Reason == reason, timeout);
+
+    /// <summary>Waits until the import (with a current status) satisfies <paramref name="predicate"/>.</summary>
+    public async Task<NbdImport> WaitForImportAsync(string name, string what, Func<NbdImport, bool> predicate, TimeSpan? timeout = null) =>
+        await Wait.ForAsync($"import {name}: {what}", async () =>
+        {
+            var i = await GetImportAsync(name);
+            return i?.Status is not null && i.Status.ObservedGeneration == i.Metadata.Generation && predicate(i) ? i : null;
+        }, timeout, () => DescribeImportAsync(name));
+
+    /// <summary>The import's status, the namespace's pods and events: what a failure message needs.</summary>
+    public async Task<string> DescribeImportAsync(string name)
+    {
+        var i = await GetImportAsync(name);
+        var pods = await Client.CoreV1.ListNamespacedPodAsync(Namespace);
+        var events = await Client.CoreV1.ListNamespacedEventAsync(Namespace);
+        return $"import: {(i?.Status is { } status ? KubernetesJson.Serialize(status) : "no status")}\n" +
+               $"pods: {string.Join("; ", pods.Items.Select(p => $"{p.Metadata.Name} {p.Status?.Phase} ip={p.Status?.PodIP} {p.Status?.ContainerStatuses?.FirstOrDefault()?.State?.Terminated?.Message}"))}\n" +
+               $"events: {string.Join("; ", events.Items.Select(ev => $"{ev.Reason}: {ev.Message}"))}\n" +
+               $"runner: {Runner.Logs}";
+    }
+
     public async ValueTask DisposeAsync()
     {
         foreach (var (manager, stop, run, client) in _operators)
@@ -234,5 +292,26 @@ public sealed class TestCluster : IAsyncDisposable
         await Runner.DisposeAsync();
         await _fixture.DeleteNamespaceAsync(Namespace);
         LoggerFactory.Dispose();
+    }
+}
+
+/// <summary>The operator's source probe on this machine: Service names resolve through the pod runner, as cluster DNS would.</summary>
+public sealed class ResolvingSourceProbe(PodRunner runner, ISourceProbe inner) : ISourceProbe
+{
+    public async Task<long> ReadSizeAsync(string url, SourceTlsMaterial? tls, CancellationToken cancellationToken)
+    {
+        if (Uri.TryCreate(url, UriKind.Absolute, out var uri) && uri.Host.EndsWith(".svc", StringComparison.Ordinal))
+        {
+            try
+            {
+                url = await runner.ResolveAsync(url);
+            }
+            catch (InvalidOperationException e)
+            {
+                throw new IOException(e.Message, e);
+            }
+        }
+
+        return await inner.ReadSizeAsync(url, tls, cancellationToken);
     }
 }

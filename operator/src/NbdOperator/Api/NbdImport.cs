@@ -4,7 +4,7 @@ using k8s.Models;
 
 namespace NbdOperator.Api;
 
-/// <summary>Copies an NBD source into a PVC (its controller is a later issue; the API is defined here).</summary>
+/// <summary>Copies an NBD source (a URL or an NbdExport) into a PVC, sparse-aware and resumable, with progress in status.</summary>
 [CustomResource("NbdImport", "nbdimports", ShortNames = ["nbdimp", "nbdi"], Categories = ["nbd"])]
 [Description("NbdImport copies an NBD source (a URL or an NbdExport) into a PersistentVolumeClaim, sparse-aware and resumable, with byte-accurate progress.")]
 [PrinterColumn("Phase", "string", ".status.phase")]
@@ -45,10 +45,25 @@ public sealed class NbdImportSpec
     [JsonPropertyName("transfer")]
     public ImportTransfer? Transfer { get; set; }
 
-    [Description("Compare a digest of the source and the target after the copy.")]
+    [Description("Compare a digest of the source and the target after the copy; a mismatch fails the import.")]
     [Default(false)]
     [JsonPropertyName("verify")]
     public bool? Verify { get; set; }
+
+    [Description("How many times a failed importer pod is replaced (resuming from its checkpoint) before the import fails, as a Job's backoffLimit.")]
+    [Default(6)]
+    [Range(0, 100)]
+    [JsonPropertyName("backoffLimit")]
+    public int? BackoffLimit { get; set; }
+
+    [Description("Keep the importer pod of a failed import for its logs (it is deleted with the import).")]
+    [Default(false)]
+    [JsonPropertyName("keepFailedPod")]
+    public bool? KeepFailedPod { get; set; }
+
+    [Description("Overrides for the importer pod.")]
+    [JsonPropertyName("podTemplate")]
+    public ExportPodTemplate? PodTemplate { get; set; }
 }
 
 public sealed class ImportSource
@@ -86,6 +101,10 @@ public sealed class ExportReference
     [Description("Namespace of the NbdExport. Defaults to the import's namespace.")]
     [JsonPropertyName("namespace")]
     public string? Namespace { get; set; }
+
+    [Description("For an nbds:// export: a Secret in the import's namespace with the CA (ca.crt) and optionally a client certificate (tls.crt, tls.key). Defaults, for an export in the same namespace, to the export's own TLS Secret (its ca.crt, else its tls.crt as the trust anchor; never its key).")]
+    [JsonPropertyName("tlsSecretName")]
+    public string? TlsSecretName { get; set; }
 }
 
 public sealed class ImportTarget
@@ -133,6 +152,12 @@ public sealed class ImportTransfer
     [Range(1, 1024)]
     [JsonPropertyName("requests")]
     public int? Requests { get; set; }
+
+    [Description("Retries of one failed NBD request inside the importer, with exponential backoff, before the attempt fails.")]
+    [Default(5)]
+    [Range(0, 1000)]
+    [JsonPropertyName("retries")]
+    public int? Retries { get; set; }
 }
 
 public sealed class NbdImportStatus
@@ -169,6 +194,38 @@ public sealed class NbdImportStatus
     [Description("The PVC written to.")]
     [JsonPropertyName("targetClaimName")]
     public string? TargetClaimName { get; set; }
+
+    [Description("The NBD URI the importer reads (for exportRef: the export's endpoint).")]
+    [JsonPropertyName("sourceUrl")]
+    public string? SourceUrl { get; set; }
+
+    [Description("Copy rate over the last seconds, in bytes per second (while running).")]
+    [JsonPropertyName("bytesPerSecond")]
+    public long? BytesPerSecond { get; set; }
+
+    [Description("Bytes already done when the current attempt started (resumed from its checkpoint); 0 for a fresh start.")]
+    [JsonPropertyName("resumedFrom")]
+    public long? ResumedFrom { get; set; }
+
+    [Description("sha256 digest of the source, equal to the target's (with verify).")]
+    [JsonPropertyName("digest")]
+    public string? Digest { get; set; }
+
+    [Description("Seconds the last attempt of the copy took.")]
+    [JsonPropertyName("durationSeconds")]
+    public double? DurationSeconds { get; set; }
+
+    [Description("The current (or last) importer pod.")]
+    [JsonPropertyName("podName")]
+    public string? PodName { get; set; }
+
+    [Description("Importer pods that failed so far (each is retried, resuming, until spec.backoffLimit).")]
+    [JsonPropertyName("failedAttempts")]
+    public int? FailedAttempts { get; set; }
+
+    [Description("The error of the last failed attempt.")]
+    [JsonPropertyName("lastError")]
+    public string? LastError { get; set; }
 
     [Description("The metadata.generation this status describes.")]
     [JsonPropertyName("observedGeneration")]

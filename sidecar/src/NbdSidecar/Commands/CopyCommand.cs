@@ -27,9 +27,11 @@ internal static class CopyCommand
           --target-is-zero       the destination already reads as zeroes: do not zero its holes
           --progress             draw a progress bar on stderr
           --progress-json FD|PATH  one JSON progress object per line, at least once a second
+          --progress-listen HOST:PORT  serve the latest progress object at GET /progress (and /healthz) over HTTP
           --result-json PATH     write one JSON result object at exit (e.g. /dev/termination-log)
           --checkpoint PATH      record completed ranges there and resume from them when rerun
           --checkpoint-interval SECONDS  how often to flush the destination and save the checkpoint (default 5)
+          --remove-checkpoint    delete the checkpoint once the copy (and --verify) succeeded
           --verify               compare sha256 digests of source and destination after copying
           --retries N            retries of a failed request, with exponential backoff (default 5)
           --retry-delay SECONDS  first backoff delay (default 0.25), doubling up to 8 s
@@ -37,13 +39,13 @@ internal static class CopyCommand
 
     private static readonly string[] ValueOptions =
     [
-        "connections", "requests", "request-size", "progress-json", "result-json", "checkpoint", "checkpoint-interval",
+        "connections", "requests", "request-size", "progress-json", "progress-listen", "result-json", "checkpoint", "checkpoint-interval",
         "retries", "retry-delay", .. ClientOptionsText.ValueOptions,
     ];
 
     private static readonly string[] SwitchOptions =
     [
-        "help", "detect-zeroes", "no-detect-zeroes", "target-is-zero", "progress", "verify", .. ClientOptionsText.SwitchOptions,
+        "help", "detect-zeroes", "no-detect-zeroes", "target-is-zero", "progress", "verify", "remove-checkpoint", .. ClientOptionsText.SwitchOptions,
     ];
 
     public static async Task<int> RunAsync(string[] args, CancellationToken cancellationToken)
@@ -144,7 +146,14 @@ internal static class CopyCommand
         var sourceUri = NbdUri.LooksLikeNbdUri(sourceText) ? ClientOptionsText.ParseUri(sourceText) : null;
         var destinationUri = NbdUri.LooksLikeNbdUri(destinationText) ? ClientOptionsText.ParseUri(destinationText) : null;
 
+        if (cli.Has("remove-checkpoint") && cli.Get("checkpoint") is null)
+        {
+            throw new UsageException("--remove-checkpoint needs --checkpoint");
+        }
+
+        var progressListen = cli.Get("progress-listen") is { } listenText ? ServeConfiguration.ParseEndpoint(listenText, "--progress-listen") : null;
         using var progressJson = cli.Get("progress-json") is { } target ? OpenProgress(target) : null;
+        await using var progressEndpoint = progressListen is null ? null : await StartProgressEndpointAsync(progressListen, cancellationToken).ConfigureAwait(false);
         var bar = cli.Has("progress") ? new CopyProgressBar() : null;
 
         ICopyEndpoint? source = null, destination = null;
@@ -178,7 +187,7 @@ internal static class CopyCommand
             using var stopReporting = new CancellationTokenSource();
             var reporter = Task.Run(async () =>
             {
-                using var timer = new PeriodicTimer(TimeSpan.FromSeconds(progressJson is null ? 0.5 : 1));
+                using var timer = new PeriodicTimer(TimeSpan.FromSeconds(progressJson is null && progressEndpoint is null ? 0.5 : 1));
                 try
                 {
                     do
@@ -186,6 +195,7 @@ internal static class CopyCommand
                         var p = copier.Progress;
                         run.Progress = p;
                         progressJson?.Write(p, clock.Elapsed.TotalSeconds);
+                        progressEndpoint?.Update(p, clock.Elapsed.TotalSeconds);
                         bar?.Draw(p, clock.Elapsed.TotalSeconds);
                     }
                     while (await timer.WaitForNextTickAsync(stopReporting.Token).ConfigureAwait(false));
@@ -203,6 +213,11 @@ internal static class CopyCommand
                 {
                     Console.Error.WriteLine($"nbd-sidecar copy: verified, {result.Digest}");
                 }
+
+                if (cli.Has("remove-checkpoint"))
+                {
+                    RemoveCheckpoint(options.CheckpointPath!);
+                }
             }
             finally
             {
@@ -211,6 +226,7 @@ internal static class CopyCommand
                 var p = copier.Progress;
                 run.Progress = p;
                 progressJson?.Write(p, clock.Elapsed.TotalSeconds);
+                progressEndpoint?.Update(p, clock.Elapsed.TotalSeconds);
                 bar?.Draw(p, clock.Elapsed.TotalSeconds, final: true);
             }
 
@@ -230,6 +246,20 @@ internal static class CopyCommand
         }
     }
 
+    /// <summary>Deletes a finished copy's checkpoint (a completed one would make a later copy to the same place skip everything).</summary>
+    private static void RemoveCheckpoint(string path)
+    {
+        try
+        {
+            File.Delete(path);
+            File.Delete(path + ".tmp");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CopyFailure(ExitCodes.CheckpointError, $"the copy succeeded but its checkpoint '{path}' cannot be removed: {e.Message}");
+        }
+    }
+
     private static TimeSpan Seconds(CommandLine cli, string name, double fallback)
     {
         var text = cli.Get(name);
@@ -244,6 +274,18 @@ internal static class CopyCommand
         }
 
         return TimeSpan.FromSeconds(value);
+    }
+
+    private static async Task<CopyProgressEndpoint> StartProgressEndpointAsync(System.Net.IPEndPoint listen, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await CopyProgressEndpoint.StartAsync(listen, cancellationToken).ConfigureAwait(false);
+        }
+        catch (IOException e)
+        {
+            throw new UsageException($"cannot listen on --progress-listen {listen}: {e.Message}");
+        }
     }
 
     private static CopyProgressJson OpenProgress(string target)

@@ -17,7 +17,7 @@ namespace NbdSidecar.Commands;
 internal sealed class CopyProgressJson : IDisposable
 {
     private readonly Stream _output;
-    private readonly Queue<(double Seconds, long Bytes)> _window = new();
+    private readonly ProgressRate _rate = new();
 
     private CopyProgressJson(Stream output) => _output = output;
 
@@ -54,7 +54,7 @@ internal sealed class CopyProgressJson : IDisposable
     /// <summary>Writes one line for <paramref name="p"/>.</summary>
     public void Write(CopyProgress p, double elapsedSeconds)
     {
-        var line = Format(p, Rate(p, elapsedSeconds), elapsedSeconds) + "\n";
+        var line = Format(p, _rate.Next(p, elapsedSeconds), elapsedSeconds) + "\n";
         try
         {
             // Others may write to the same file (a shared stdout): always append at its current end.
@@ -73,8 +73,17 @@ internal sealed class CopyProgressJson : IDisposable
     }
 
     public void Dispose() => _output.Dispose();
+}
 
-    private long Rate(CopyProgress p, double now)
+/// <summary>
+/// The rate of finished bytes (copied + skipped, this run only) over the last five seconds; in the verifying
+/// phase the rate of verified bytes. Feed it every progress sample in order.
+/// </summary>
+internal sealed class ProgressRate
+{
+    private readonly Queue<(double Seconds, long Bytes)> _window = new();
+
+    public long Next(CopyProgress p, double now)
     {
         var bytes = p.Phase == CopyPhase.Verifying ? p.BytesVerified : p.BytesDone - p.ResumedFrom;
         _window.Enqueue((now, bytes));
