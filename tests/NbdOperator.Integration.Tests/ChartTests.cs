@@ -431,11 +431,11 @@ public partial class ChartTests(KubeFixture fixture)
             Assert.DoesNotContain("Forbidden", process.Output, StringComparison.Ordinal);
         }
 
-        // 2. Every export flow, with in-process operators on the same identity.
+        // 2. Every export and import flow, with in-process operators on the same identity.
         var failures = new List<string>();
         failures.AddRange(await env.RunFlowsAsync<ExportFlowTests>());
         failures.AddRange(await env.RunFlowsAsync<EndToEndTests>());
-        // (The import flows join here: failures.AddRange(await env.RunFlowsAsync<ImportFlowTests>());)
+        failures.AddRange(await env.RunFlowsAsync<ImportFlowTests>());
         Assert.True(failures.Count == 0, "flows that failed with the chart's identity:\n" + string.Join("\n", failures));
 
         // 3. What they did against what the chart grants.

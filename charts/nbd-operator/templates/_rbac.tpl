@@ -9,11 +9,13 @@ permission is adding (or extending) one line here, together with the flow that n
 
 {{- /* In the watched namespaces (a ClusterRole, bound cluster-wide or by RoleBinding per namespace). */ -}}
 {{- define "nbd-operator.rbac.managerRules" -}}
-- {apiGroups: [nbdoperator.io], resources: [nbdexports], verbs: [list, watch, delete]}
+- {apiGroups: [nbdoperator.io], resources: [nbdexports], verbs: [get, list, watch, delete]}
 - {apiGroups: [nbdoperator.io], resources: [nbdexports/status], verbs: [update]}
-- {apiGroups: [""], resources: [pods], verbs: [list, watch, create, delete]}
+- {apiGroups: [nbdoperator.io], resources: [nbdimports], verbs: [get, list, watch]}
+- {apiGroups: [nbdoperator.io], resources: [nbdimports/status], verbs: [update]}
+- {apiGroups: [""], resources: [pods], verbs: [get, list, watch, create, delete]}
 - {apiGroups: [""], resources: [services], verbs: [list, watch, create, delete]}
-- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [list, watch, create]}
+- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get, list, watch, create, delete, patch]}
 - {apiGroups: [""], resources: [secrets], verbs: [get]}
 - {apiGroups: [""], resources: [events], verbs: [create, patch]}
 - {apiGroups: [snapshot.storage.k8s.io], resources: [volumesnapshots], verbs: [get]}

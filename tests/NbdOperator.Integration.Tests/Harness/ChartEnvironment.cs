@@ -176,15 +176,20 @@ public sealed class ChartEnvironment : IAsyncDisposable
     }
 
     /// <summary>
-    /// Runs every [Fact] of <typeparamref name="TFlows"/> (a test class whose constructor takes a
-    /// <see cref="KubeFixture"/>) against this environment, so its operators run with whatever identity
-    /// <see cref="KubeFixture.OperatorConfig"/> holds; at most <paramref name="parallel"/> at a time.
-    /// Returns one line per flow that failed or skipped (empty: all passed).
+    /// Runs every [Fact] and every [InlineData] row of every [Theory] of <typeparamref name="TFlows"/> (a test
+    /// class whose constructor takes a <see cref="KubeFixture"/>) against this environment, so its operators run
+    /// with whatever identity <see cref="KubeFixture.OperatorConfig"/> holds; at most <paramref name="parallel"/>
+    /// at a time. Returns one line per flow that failed or skipped (empty: all passed).
     /// </summary>
     public async Task<IReadOnlyList<string>> RunFlowsAsync<TFlows>(int parallel = 3, Func<string, bool>? include = null)
     {
         var flows = typeof(TFlows).GetMethods(BindingFlags.Public | BindingFlags.Instance)
             .Where(m => m.GetCustomAttribute<FactAttribute>() is { Skip: null } && (include?.Invoke(m.Name) ?? true))
+            .SelectMany(m => m.GetCustomAttribute<TheoryAttribute>() is null
+                ? [(Method: m, Arguments: (object?[]?)null)]
+                : m.GetCustomAttributes<InlineDataAttribute>().Select(row => (Method: m, Arguments: (object?[]?)row.Data)).ToList() is { Count: > 0 } rows
+                    ? rows
+                    : throw new InvalidOperationException($"{m.Name}: only [InlineData] theories can run as flows"))
             .ToList();
         Assert.NotEmpty(flows);
         using var gate = new SemaphoreSlim(parallel);
@@ -196,15 +201,15 @@ public sealed class ChartEnvironment : IAsyncDisposable
             try
             {
                 var instance = Activator.CreateInstance(typeof(TFlows), Kube)!;
-                await (Task)flow.Invoke(instance, null)!;
-                Console.WriteLine($"chart identity: {typeof(TFlows).Name}.{flow.Name} passed in {started.Elapsed.TotalSeconds:F1} s");
+                await (Task)flow.Method.Invoke(instance, flow.Arguments)!;
+                Console.WriteLine($"chart identity: {Describe(flow)} passed in {started.Elapsed.TotalSeconds:F1} s");
             }
             catch (Exception e)
             {
                 var inner = e is TargetInvocationException { InnerException: { } ie } ? ie : e;
                 lock (failures)
                 {
-                    failures.Add($"{typeof(TFlows).Name}.{flow.Name}: {inner.GetType().Name}: {inner.Message}");
+                    failures.Add($"{Describe(flow)}: {inner.GetType().Name}: {inner.Message}");
                 }
             }
             finally
@@ -213,6 +218,9 @@ public sealed class ChartEnvironment : IAsyncDisposable
             }
         }));
         return failures;
+
+        static string Describe((MethodInfo Method, object?[]? Arguments) flow) =>
+            $"{typeof(TFlows).Name}.{flow.Method.Name}" + (flow.Arguments is null ? "" : $"({string.Join(", ", flow.Arguments)})");
     }
 
     // ---------------------------------------------------------------------------------------------
