@@ -85,5 +85,19 @@ public class ServeConfigurationTests
         Assert.Contains("nbd_server_bytes_written_total 0\n", text, StringComparison.Ordinal);
         Assert.Contains("nbd_server_requests_total{command=\"write_zeroes\"} 0\n", text, StringComparison.Ordinal);
         Assert.Contains("nbd_server_request_errors_total{command=\"block_status\"} 0\n", text, StringComparison.Ordinal);
+        Assert.Contains("# TYPE nbd_export_size_bytes gauge\nnbd_export_size_bytes{export=\"disk\"} 1048576\n", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void MetricsRender_ExportSize_OneSeriesPerExportWithTheNameEscaped()
+    {
+        using var small = new Nbd.Storage.MemoryDevice(4096);
+        using var large = new Nbd.Storage.MemoryDevice(10L << 30);
+        using var server = new NbdServer([new NbdExport("a", small), new NbdExport("odd \"name\"\\\n", large)]);
+
+        var text = ServeMetricsEndpoint.Render(server);
+
+        Assert.Contains("nbd_export_size_bytes{export=\"a\"} 4096\n", text, StringComparison.Ordinal);
+        Assert.Contains("nbd_export_size_bytes{export=\"odd \\\"name\\\"\\\\\\n\"} 10737418240\n", text, StringComparison.Ordinal);
     }
 }
