@@ -48,7 +48,7 @@ public class ServeConfigurationTests
 
     [Theory]
     [InlineData("--export", "disk")]
-    [InlineData("--export", "disk=/nonexistent/disk.img")]
+    [InlineData("--export", "disk=memory:lots")]
     [InlineData("--export", "disk=memory:1M", "--export", "disk=memory:2M")]
     [InlineData("--export", "disk=memory:1M", "--listen", "127.0.0.1:99999")]
     [InlineData("--export", "disk=memory:1M", "--listen", "127.0.0.1")]
@@ -63,6 +63,25 @@ public class ServeConfigurationTests
     public void Parse_Mistakes_AreUsageErrors(params string[] args)
     {
         Assert.Throws<UsageException>(() => Parse(args));
+    }
+
+    [Fact]
+    public async Task RunAsync_MissingOrUnopenableDisk_ExitsWithSourceErrorNotUsage()
+    {
+        var folder = Directory.CreateTempSubdirectory("nbd-serve-missing-");
+        try
+        {
+            var missing = Path.Combine(folder.FullName, "disk.img");
+            var ct = TestContext.Current.CancellationToken;
+
+            Assert.Equal(ExitCodes.SourceError, await ServeCommand.RunAsync(["--export", $"disk={missing}", "--listen", "127.0.0.1:0"], ct));
+            Assert.Equal(ExitCodes.SourceError, await ServeCommand.RunAsync(["--export", $"disk={folder.FullName}", "--listen", "127.0.0.1:0"], ct));
+            Assert.Throws<UsageException>(() => Parse("--export", $"disk={missing}", "--listen", "127.0.0.1"));
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
     }
 
     [Fact]

@@ -297,11 +297,9 @@ public static class ExportStateMachine
         var terminated = pod.Status?.ContainerStatuses?.FirstOrDefault()?.State?.Terminated;
         var exitCode = terminated?.ExitCode;
         var detail = terminated?.Message?.Trim() is { Length: > 0 } m ? $": {LastLine(m)}" : "";
-        // nbd-sidecar exits with SourceError when it cannot open its export; a missing file can also be
-        // refused up front as a bad --export argument (a usage error) whose message names the file.
-        var diskMissing = !resolved.BlockMode &&
-                          (exitCode == ExportLabels.SourceErrorExitCode ||
-                           (exitCode is not null and not 0 && terminated?.Message?.Contains(ExportLabels.DiskImage, StringComparison.Ordinal) == true));
+        // nbd-sidecar serve exits with SourceError (3) when it cannot open its export; a usage error (2) is a
+        // wrong command line, which is the operator's fault and reported as a server failure.
+        var diskMissing = !resolved.BlockMode && exitCode == ExportLabels.SourceErrorExitCode;
         var delay = diskMissing ? settings.DiskImageRetryDelay : settings.ServerRestartDelay;
         var finished = terminated?.FinishedAt ?? pod.Status?.StartTime ?? o.Now;
         var wait = finished + delay - o.Now;
