@@ -219,7 +219,10 @@ public class VolumeFlowTests(KubeFixture fixture)
             await node.NodeStageVolumeAsync(stage, cancellationToken: Ct);
             await node.NodePublishVolumeAsync(new NodePublishVolumeRequest
             {
-                VolumeId = volumeId, StagingTargetPath = staging, TargetPath = target, VolumeCapability = capability,
+                VolumeId = volumeId,
+                StagingTargetPath = staging,
+                TargetPath = target,
+                VolumeCapability = capability,
             }, cancellationToken: Ct);
             Assert.True(Mounts.IsMountPoint(target));
 

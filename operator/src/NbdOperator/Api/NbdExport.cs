@@ -11,6 +11,7 @@ namespace NbdOperator.Api;
 [PrinterColumn("Endpoint", "string", ".status.endpoint")]
 [PrinterColumn("Size", "integer", ".status.sizeBytes", Priority = 1)]
 [PrinterColumn("Reason", "string", ".status.conditions[?(@.type==\"Ready\")].reason", Priority = 1)]
+[PrinterColumn("Volume", "string", ".status.persistentVolumeName", Priority = 1)]
 [PrinterColumn("Age", "date", ".metadata.creationTimestamp")]
 public sealed class NbdExport : ICustomResource<NbdExportStatus>
 {
