@@ -93,6 +93,33 @@ public class RuntimeTests(KubeFixture fixture)
     }
 
     [Fact]
+    public async Task LeaderElection_GracefulStop_ReleasesTheLeaseAndTheStandbyTakesOverBeforeItExpires()
+    {
+        await using var c = await TestCluster.CreateAsync(fixture, "rt-release");
+        // A lease that would outlast the whole wait below: only a release lets the standby lead in time.
+        void Configure(ManagerOptions o, string identity)
+        {
+            o.LeaderElect = true;
+            o.Identity = identity;
+            o.LeaseDuration = TimeSpan.FromMinutes(10);
+            o.RenewDeadline = TimeSpan.FromSeconds(5);
+        }
+
+        var leader = await c.StartOperatorAsync(o => Configure(o, "first"));
+        Assert.True(leader.IsLeader);
+        var standby = await c.StartOperatorAsync(o => Configure(o, "second"), waitForStart: false);
+        Assert.False(standby.IsLeader);
+
+        Assert.Equal(ManagerExit.Stopped, await c.StopOperatorAsync(leader));
+
+        await standby.Started.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+        Assert.True(standby.IsLeader);
+        var lease = await c.Client.CoordinationV1.ReadNamespacedLeaseAsync("nbd-operator-leader", c.Namespace, cancellationToken: Ct);
+        Assert.Equal("second", lease.Spec.HolderIdentity);
+        Assert.Equal(600, lease.Spec.LeaseDurationSeconds);
+    }
+
+    [Fact]
     public async Task LeaderElection_LeaseTakenAway_StopsTheWorkers()
     {
         await using var c = await TestCluster.CreateAsync(fixture, "rt-lost");

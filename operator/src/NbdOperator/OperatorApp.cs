@@ -24,8 +24,10 @@ public static class OperatorApp
         var pods = manager.AddInformer(ListWatches.Pods(client, ns));
         var claims = manager.AddInformer(ListWatches.PersistentVolumeClaims(client, ns));
         var services = manager.AddInformer(ListWatches.Services(client, ns));
+        // PersistentVolumes are cluster-scoped: only those an export made (spec.persistentVolume) are watched.
+        var volumes = manager.AddInformer(ListWatches.PersistentVolumes(client, VolumeNames.Selector));
 
-        var reconciler = new NbdExportReconciler(client, exports, pods, claims, services, new StatusWriter(client),
+        var reconciler = new NbdExportReconciler(client, exports, pods, claims, services, volumes, new StatusWriter(client),
             new EventRecorder(client, Component, loggerFactory.CreateLogger("events"), time),
             probe ?? new HttpServerProbe(new HttpClient()), exportSettings, loggerFactory.CreateLogger("nbdexport"), time);
         var controller = manager.AddController("nbdexport", reconciler, workers);
@@ -46,7 +48,9 @@ public static class OperatorApp
         {
             EnqueueOwner(controller, c.Metadata);
             EnqueueExportsOfClaim(controller, exports, c.Metadata.NamespaceProperty, c.Metadata.Name);
+            EnqueueAnnotatedExport(controller, ns, c.Metadata);
         });
+        volumes.OnAny(v => EnqueueAnnotatedExport(controller, ns, v.Metadata));
 
         AddImportController(manager, client, exports, pods, claims, importSettings ?? new ImportSettings(exportSettings.SidecarImage) { ImagePullPolicy = exportSettings.ImagePullPolicy },
             loggerFactory, workers, sourceProbe, progressProbe, time);
@@ -100,6 +104,17 @@ public static class OperatorApp
             {
                 controller.Enqueue(ObjectKey.Of(import));
             }
+        }
+    }
+
+    /// <summary>Volumes and claims name their export in an annotation (no owner reference reaches across scopes).</summary>
+    private static void EnqueueAnnotatedExport(Controller controller, string? watched, V1ObjectMeta metadata)
+    {
+        if (metadata.Annotations?.TryGetValue(VolumeNames.ExportAnnotation, out var reference) == true &&
+            reference.Split('/') is [{ Length: > 0 } exportNs, { Length: > 0 } exportName] &&
+            (watched is null || watched == exportNs))
+        {
+            controller.Enqueue(new ObjectKey(exportNs, exportName));
         }
     }
 

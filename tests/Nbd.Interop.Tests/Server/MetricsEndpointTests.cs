@@ -20,6 +20,7 @@ public class MetricsEndpointTests
         Assert.Equal(HttpStatusCode.OK, (await http.GetAsync(new Uri("/readyz", UriKind.Relative), token)).StatusCode);
         var idle = await Scrape(http, token);
         Assert.Equal(0, idle["nbd_server_connected_clients"]);
+        Assert.Equal(8 << 20, idle["nbd_export_size_bytes{export=\"disk\"}"]);
 
         var output = new StringBuilder();
         using var client = Peers.Start("nbdsh", ["-u", server.UnixUri(), "-c", "import time\nh.pwrite(b'x' * 5000, 0)\nh.pread(3000, 0)\nprint('ready', flush=True)\ntime.sleep(30)"], output);

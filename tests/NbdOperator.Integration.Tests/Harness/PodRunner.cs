@@ -548,7 +548,10 @@ public sealed class PodRunner : IAsyncDisposable
             {
                 // Bound before this runner started (by an earlier runner in the same test): find its volume again.
                 var pv = await _client.CoreV1.ReadPersistentVolumeAsync(pvName, cancellationToken: ct);
-                _volumes[claim.Metadata.Name] = pv.Spec.HostPath.Path;
+                if (pv.Spec.HostPath?.Path is { } local)
+                {
+                    _volumes[claim.Metadata.Name] = local;
+                }
             }
 
             return ReconcileResult.Done;
@@ -556,6 +559,36 @@ public sealed class PodRunner : IAsyncDisposable
 
         if (claim.Metadata.Annotations?.TryGetValue(BindAnnotation, out var bind) == true && bind == "false")
         {
+            return ReconcileResult.Done;
+        }
+
+        if (claim.Spec.VolumeName is { Length: > 0 } preBound)
+        {
+            // Pre-bound to an existing volume (the PV controller's part): bind to it when it is reserved for this
+            // claim, and map no local volume (its data lives wherever the volume says, e.g. a remote export).
+            V1PersistentVolume volume;
+            try
+            {
+                volume = await _client.CoreV1.ReadPersistentVolumeAsync(preBound, cancellationToken: ct);
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+            {
+                return ReconcileResult.After(TimeSpan.FromSeconds(1));
+            }
+
+            if (volume.Spec.ClaimRef is { } reserved && (reserved.NamespaceProperty != _ns || reserved.Name != claim.Metadata.Name))
+            {
+                return ReconcileResult.Done; // reserved for another claim: stays Pending, as in a cluster
+            }
+
+            var boundClaim = KubernetesJson.Deserialize<V1PersistentVolumeClaim>(KubernetesJson.Serialize(claim));
+            boundClaim.Status = new V1PersistentVolumeClaimStatus
+            {
+                Phase = "Bound",
+                AccessModes = volume.Spec.AccessModes,
+                Capacity = volume.Spec.Capacity,
+            };
+            await _client.CoreV1.ReplaceNamespacedPersistentVolumeClaimStatusAsync(boundClaim, claim.Metadata.Name, _ns, cancellationToken: ct);
             return ReconcileResult.Done;
         }
 

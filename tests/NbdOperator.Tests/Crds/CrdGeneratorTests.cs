@@ -42,7 +42,7 @@ public class CrdGeneratorTests
         var version = Assert.Single(crd.Spec.Versions);
         Assert.Equal(("v1alpha1", true, true), (version.Name, version.Served, version.Storage));
         Assert.NotNull(version.Subresources.Status);
-        Assert.Equal(["Phase", "Endpoint", "Size", "Reason", "Age"], version.AdditionalPrinterColumns.Select(c => c.Name));
+        Assert.Equal(["Phase", "Endpoint", "Size", "Reason", "Volume", "Age"], version.AdditionalPrinterColumns.Select(c => c.Name));
     }
 
     [Fact]

@@ -128,7 +128,8 @@ public class PrometheusTextTests
     {
         var stats = PrometheusText.ToStats(Scrape);
 
-        Assert.Equal(new ServerStats(2, 0, 5), stats);
+        Assert.Equal((2, 0.0, (long?)5), (stats!.ConnectedClients, stats.IdleSeconds, stats.ConnectionsTotal));
+        Assert.Empty(stats.ExportSizes);
     }
 
     [Fact]
@@ -141,7 +142,35 @@ public class PrometheusTextTests
             nbd_server_idle_seconds{export="b"} 30
             """);
 
-        Assert.Equal(new ServerStats(0, 30, null), stats);
+        Assert.Equal((0, 30.0, (long?)null), (stats!.ConnectedClients, stats.IdleSeconds, stats.ConnectionsTotal));
+    }
+
+    [Fact]
+    public void ToStats_ExportSizes_ByExportNameWithEscapesUndone()
+    {
+        var stats = PrometheusText.ToStats("""
+            nbd_server_connected_clients 0
+            nbd_server_idle_seconds 3
+            # TYPE nbd_export_size_bytes gauge
+            nbd_export_size_bytes{export="disk"} 10737418240
+            nbd_export_size_bytes{export="odd \"name\"\\\n"} 4096
+            nbd_export_size_bytes_total{export="lookalike"} 1
+            nbd_export_size_bytes{other="x"} 7
+            nbd_export_size_bytes{export="broken} 9
+            """);
+
+        Assert.Equal(new Dictionary<string, long> { ["disk"] = 10L << 30, ["odd \"name\"\\\n"] = 4096 }, stats!.ExportSizes);
+    }
+
+    [Theory]
+    [InlineData("export=\"a\"", "export", "a")]
+    [InlineData("x=\"1\",export=\"b,c\"", "export", "b,c")]
+    [InlineData("x=\"1\"", "export", null)]
+    [InlineData("export=\"unterminated", "export", null)]
+    [InlineData("export=bare", "export", null)]
+    public void Label_ParsesQuotedValues(string labels, string label, string? expected)
+    {
+        Assert.Equal(expected, PrometheusText.Label(labels, label));
     }
 
     [Fact]

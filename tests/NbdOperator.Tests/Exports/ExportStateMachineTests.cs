@@ -221,12 +221,14 @@ public class ExportStateMachineTests
     }
 
     [Fact]
-    public void Decide_FilesystemServerRefusesAMissingDiskImg_ReportsDiskImageMissing()
+    public void Decide_FilesystemServerExitsWithUsageError_IsAServerFailureNotAMissingDisk()
     {
+        // Exit 2 is a wrong command line (an operator bug), even when the message names disk.img.
         var plan = Decide(Running(claim: Claim(mode: "Filesystem"), phase: "Failed", ready: false, exitCode: 2,
-            message: "nbd-sidecar serve: --export vm-export=/data/disk.img: '/data/disk.img' does not exist", finishedAt: Now));
+            message: "nbd-sidecar serve: --export vm-export=/data/disk.img: unknown option", finishedAt: Now));
 
-        Assert.Equal(ExportReasons.DiskImageMissing, plan.Reason);
+        Assert.Equal(ExportReasons.ServerFailed, plan.Reason);
+        Assert.Contains("exited with code 2", plan.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -48,7 +48,7 @@ public class ServeConfigurationTests
 
     [Theory]
     [InlineData("--export", "disk")]
-    [InlineData("--export", "disk=/nonexistent/disk.img")]
+    [InlineData("--export", "disk=memory:lots")]
     [InlineData("--export", "disk=memory:1M", "--export", "disk=memory:2M")]
     [InlineData("--export", "disk=memory:1M", "--listen", "127.0.0.1:99999")]
     [InlineData("--export", "disk=memory:1M", "--listen", "127.0.0.1")]
@@ -63,6 +63,25 @@ public class ServeConfigurationTests
     public void Parse_Mistakes_AreUsageErrors(params string[] args)
     {
         Assert.Throws<UsageException>(() => Parse(args));
+    }
+
+    [Fact]
+    public async Task RunAsync_MissingOrUnopenableDisk_ExitsWithSourceErrorNotUsage()
+    {
+        var folder = Directory.CreateTempSubdirectory("nbd-serve-missing-");
+        try
+        {
+            var missing = Path.Combine(folder.FullName, "disk.img");
+            var ct = TestContext.Current.CancellationToken;
+
+            Assert.Equal(ExitCodes.SourceError, await ServeCommand.RunAsync(["--export", $"disk={missing}", "--listen", "127.0.0.1:0"], ct));
+            Assert.Equal(ExitCodes.SourceError, await ServeCommand.RunAsync(["--export", $"disk={folder.FullName}", "--listen", "127.0.0.1:0"], ct));
+            Assert.Throws<UsageException>(() => Parse("--export", $"disk={missing}", "--listen", "127.0.0.1"));
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
     }
 
     [Fact]
@@ -85,5 +104,19 @@ public class ServeConfigurationTests
         Assert.Contains("nbd_server_bytes_written_total 0\n", text, StringComparison.Ordinal);
         Assert.Contains("nbd_server_requests_total{command=\"write_zeroes\"} 0\n", text, StringComparison.Ordinal);
         Assert.Contains("nbd_server_request_errors_total{command=\"block_status\"} 0\n", text, StringComparison.Ordinal);
+        Assert.Contains("# TYPE nbd_export_size_bytes gauge\nnbd_export_size_bytes{export=\"disk\"} 1048576\n", text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void MetricsRender_ExportSize_OneSeriesPerExportWithTheNameEscaped()
+    {
+        using var small = new Nbd.Storage.MemoryDevice(4096);
+        using var large = new Nbd.Storage.MemoryDevice(10L << 30);
+        using var server = new NbdServer([new NbdExport("a", small), new NbdExport("odd \"name\"\\\n", large)]);
+
+        var text = ServeMetricsEndpoint.Render(server);
+
+        Assert.Contains("nbd_export_size_bytes{export=\"a\"} 4096\n", text, StringComparison.Ordinal);
+        Assert.Contains("nbd_export_size_bytes{export=\"odd \\\"name\\\"\\\\\\n\"} 10737418240\n", text, StringComparison.Ordinal);
     }
 }

@@ -13,6 +13,9 @@ public static class NbdApi
     /// <summary>An RFC 1123 DNS label or subdomain, what Kubernetes object names must be.</summary>
     public const string ObjectNamePattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
+    /// <summary>An RFC 1123 DNS label, what namespace names must be.</summary>
+    public const string NamespacePattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
     /// <summary>A Go duration such as <c>90s</c>, <c>30m</c> or <c>2h30m</c> (what <c>kubectl</c> users write).</summary>
     public const string DurationPattern = "^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$";
 }

@@ -11,6 +11,7 @@ namespace NbdOperator.Api;
 [PrinterColumn("Endpoint", "string", ".status.endpoint")]
 [PrinterColumn("Size", "integer", ".status.sizeBytes", Priority = 1)]
 [PrinterColumn("Reason", "string", ".status.conditions[?(@.type==\"Ready\")].reason", Priority = 1)]
+[PrinterColumn("Volume", "string", ".status.persistentVolumeName", Priority = 1)]
 [PrinterColumn("Age", "date", ".metadata.creationTimestamp")]
 public sealed class NbdExport : ICustomResource<NbdExportStatus>
 {
@@ -69,6 +70,63 @@ public sealed class NbdExportSpec
     [Description("Overrides for the server pod.")]
     [JsonPropertyName("podTemplate")]
     public ExportPodTemplate? PodTemplate { get; set; }
+
+    [Description("Also offer the export as a PersistentVolume of the nbd.csi.nbdoperator.io CSI driver (and optionally a PVC bound to it), so a pod or VM on any node attaches the remote disk as a block device. Both are removed with the export; neither ever deletes data.")]
+    [JsonPropertyName("persistentVolume")]
+    public ExportPersistentVolume? PersistentVolume { get; set; }
+}
+
+public sealed class ExportPersistentVolume
+{
+    [Description("Name of the PersistentVolume (cluster-scoped). Defaults to nbd.NAMESPACE.NAME of the export.")]
+    [Pattern(NbdApi.ObjectNamePattern)]
+    [Length(1, 253)]
+    [JsonPropertyName("name")]
+    public string? Name { get; set; }
+
+    [Description("storageClassName of the PersistentVolume and of its claim. Empty (the default): no class, so only a claim that names this volume binds it.")]
+    [JsonPropertyName("storageClassName")]
+    public string? StorageClassName { get; set; }
+
+    [Description("For an nbds:// export: a Secret the node plugin reads when it attaches the volume (csi.nodeStageSecretRef), holding ca.crt (the authority of the server certificate; without it the node's system store is used) and, for a server that requires client certificates, tls.crt and tls.key.")]
+    [JsonPropertyName("nodeStageSecretRef")]
+    public SecretRef? NodeStageSecretRef { get; set; }
+
+    [Description("Create a PersistentVolumeClaim bound to the volume (spec.volumeName and the volume's claimRef), ready for a pod or VM to use.")]
+    [JsonPropertyName("claim")]
+    public ExportVolumeClaim? Claim { get; set; }
+}
+
+public sealed class SecretRef
+{
+    [Required]
+    [Description("Name of the Secret.")]
+    [Pattern(NbdApi.ObjectNamePattern)]
+    [Length(1, 253)]
+    [JsonPropertyName("name")]
+    public string Name { get; set; } = "";
+
+    [Description("Namespace of the Secret. Defaults to the export's namespace.")]
+    [Pattern(NbdApi.NamespacePattern)]
+    [Length(1, 63)]
+    [JsonPropertyName("namespace")]
+    public string? Namespace { get; set; }
+}
+
+public sealed class ExportVolumeClaim
+{
+    [Required]
+    [Description("Name of the PersistentVolumeClaim to create.")]
+    [Pattern(NbdApi.ObjectNamePattern)]
+    [Length(1, 253)]
+    [JsonPropertyName("name")]
+    public string Name { get; set; } = "";
+
+    [Description("Namespace of the claim (where the pod or VM runs). Defaults to the export's namespace.")]
+    [Pattern(NbdApi.NamespacePattern)]
+    [Length(1, 63)]
+    [JsonPropertyName("namespace")]
+    public string? Namespace { get; set; }
 }
 
 public sealed class ExportSource
@@ -175,7 +233,7 @@ public sealed class NbdExportStatus
     [JsonPropertyName("endpoint")]
     public string? Endpoint { get; set; }
 
-    [Description("Size of the export in bytes: the device's in Block mode; not set in Filesystem mode (disk.img's size is known to the server only).")]
+    [Description("Size of the export in bytes: the claim's capacity in Block mode; in Filesystem mode disk.img's size, as the server reports it once it serves.")]
     [JsonPropertyName("sizeBytes")]
     public long? SizeBytes { get; set; }
 
@@ -203,11 +261,23 @@ public sealed class NbdExportStatus
     [JsonPropertyName("idleSince")]
     public DateTime? IdleSince { get; set; }
 
+    [Description("The PersistentVolume offering the export through the CSI driver (spec.persistentVolume).")]
+    [JsonPropertyName("persistentVolumeName")]
+    public string? PersistentVolumeName { get; set; }
+
+    [Description("The PersistentVolumeClaim bound to that volume (spec.persistentVolume.claim).")]
+    [JsonPropertyName("persistentVolumeClaimName")]
+    public string? PersistentVolumeClaimName { get; set; }
+
+    [Description("The namespace of that claim.")]
+    [JsonPropertyName("persistentVolumeClaimNamespace")]
+    public string? PersistentVolumeClaimNamespace { get; set; }
+
     [Description("The metadata.generation this status describes.")]
     [JsonPropertyName("observedGeneration")]
     public long? ObservedGeneration { get; set; }
 
-    [Description("Ready: whether the endpoint serves, with the reason why not.")]
+    [Description("Ready: whether the endpoint serves, with the reason why not. PersistentVolumeReady (with spec.persistentVolume): whether the volume and its claim exist as asked.")]
     [JsonPropertyName("conditions")]
     public IList<V1Condition>? Conditions { get; set; }
 }

@@ -97,6 +97,12 @@ public static class ListWatches
             : client.CoreV1.ListNamespacedPersistentVolumeClaimWithHttpMessagesAsync(ns, allowWatchBookmarks: watch ? true : null,
                 labelSelector: labelSelector, resourceVersion: rv, timeoutSeconds: timeout, watch: watch, cancellationToken: ct));
 
+    /// <summary>PersistentVolumes (cluster-scoped).</summary>
+    public static IListWatch<V1PersistentVolume> PersistentVolumes(IKubernetes client, string? labelSelector = null) =>
+        new ListWatch<V1PersistentVolume, V1PersistentVolumeList>("persistentvolumes", (watch, rv, timeout, ct) =>
+            client.CoreV1.ListPersistentVolumeWithHttpMessagesAsync(allowWatchBookmarks: watch ? true : null,
+                labelSelector: labelSelector, resourceVersion: rv, timeoutSeconds: timeout, watch: watch, cancellationToken: ct));
+
     public static IListWatch<V1Secret> Secrets(IKubernetes client, string? ns, string? labelSelector = null) =>
         new ListWatch<V1Secret, V1SecretList>("secrets", (watch, rv, timeout, ct) => ns is null
             ? client.CoreV1.ListSecretForAllNamespacesWithHttpMessagesAsync(allowWatchBookmarks: watch ? true : null,

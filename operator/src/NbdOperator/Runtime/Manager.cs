@@ -208,10 +208,53 @@ public sealed class Manager : IAsyncDisposable
             await controllers;
         }
 
-        // The lease is not released on a graceful stop: KubernetesClient's elector measures expiry from when it
-        // last saw the record change, not from the record's times, so a "released" record (empty holder) gains
-        // nothing, and one without a holder makes its electors try to create the lease, forever.
-        return cancellationToken.IsCancellationRequested ? ManagerExit.Stopped : ManagerExit.LeadershipLost;
+        if (!cancellationToken.IsCancellationRequested)
+        {
+            return ManagerExit.LeadershipLost;
+        }
+
+        await ReleaseLeaseAsync();
+        return ManagerExit.Stopped;
+    }
+
+    /// <summary>
+    /// On a graceful stop, hands the Lease back so a standby takes over at its next retry instead of after the
+    /// lease duration (client-go's ReleaseOnCancel). The holder becomes the empty string, not null: KubernetesClient's
+    /// elector treats an empty holder as free and takes it at once, while a missing holder makes it try to create
+    /// the Lease (which exists) forever. The write carries the resourceVersion read, so a Lease that changed hands in
+    /// between is left alone. A failure only costs the standby the lease duration.
+    /// </summary>
+    private async Task ReleaseLeaseAsync()
+    {
+        using var timeout = new CancellationTokenSource(Options.RenewDeadline);
+        try
+        {
+            var lease = await _client.CoordinationV1.ReadNamespacedLeaseAsync(Options.LeaderElectionId, Options.LeaderElectionNamespace,
+                cancellationToken: timeout.Token);
+            if (lease.Spec?.HolderIdentity != Options.Identity)
+            {
+                return;
+            }
+
+            lease.Spec.HolderIdentity = "";
+            lease.Spec.LeaseDurationSeconds = 1;
+            lease.Spec.RenewTime = DateTime.UtcNow;
+            await _client.CoordinationV1.ReplaceNamespacedLeaseAsync(lease, lease.Metadata.Name, lease.Metadata.NamespaceProperty,
+                cancellationToken: timeout.Token);
+            if (_logger.IsEnabled(LogLevel.Information))
+            {
+                _logger.LogInformation("{Identity} released the leader lease {Namespace}/{Lease}", Options.Identity,
+                    Options.LeaderElectionNamespace, Options.LeaderElectionId);
+            }
+        }
+        catch (Exception e) when (e is k8s.Autorest.HttpOperationException or HttpRequestException or OperationCanceledException)
+        {
+            if (_logger.IsEnabled(LogLevel.Warning))
+            {
+                _logger.LogWarning("{Identity} could not release the leader lease ({Message}); a standby takes it when it expires",
+                    Options.Identity, e.Message);
+            }
+        }
     }
 
     private async Task RunControllersAsync(CancellationToken cancellationToken)

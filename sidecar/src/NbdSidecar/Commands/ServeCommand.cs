@@ -13,7 +13,8 @@ namespace NbdSidecar.Commands;
 /// <summary>
 /// <c>nbd-sidecar serve</c>: exports files, block devices or memory over NBD on TCP and unix sockets, with
 /// optional TLS and a Prometheus metrics / health endpoint. SIGINT or SIGTERM stops accepting, finishes
-/// in-flight requests, flushes and exits 0.
+/// in-flight requests, flushes and exits 0. A wrong command line exits 2 (usage); an export whose file or
+/// device cannot be opened exits 3 (source error), so the operator can tell a missing disk.img from a bug.
 /// </summary>
 internal static class ServeCommand
 {
@@ -98,7 +99,10 @@ internal static class ServeCommand
                 }
                 catch (StorageException e)
                 {
-                    throw new UsageException($"--export {name}={path}: {e.Message}");
+                    // The command line was fine; the disk behind it is missing or unreadable (a source error,
+                    // which the operator reports as such, e.g. a Filesystem-mode PVC without disk.img).
+                    await Console.Error.WriteLineAsync($"nbd-sidecar serve: cannot open export {name}={path}: {e.Message}").ConfigureAwait(false);
+                    return ExitCodes.SourceError;
                 }
 
                 devices.Add(device);
@@ -227,9 +231,11 @@ internal sealed record ServeConfiguration(
                 throw new UsageException($"export name '{name}' is given twice");
             }
 
-            if (!path.StartsWith(BlockDevices.MemoryPrefix, StringComparison.Ordinal) && !File.Exists(path))
+            // Whether the path exists is not a usage question: a missing disk is a source error (exit 3) when
+            // the export is opened. Only the memory: syntax is checked here.
+            if (path.StartsWith(BlockDevices.MemoryPrefix, StringComparison.Ordinal) && !Nbd.SizeText.TryParse(path[BlockDevices.MemoryPrefix.Length..], out _))
             {
-                throw new UsageException($"--export {spec}: '{path}' does not exist");
+                throw new UsageException($"--export {spec}: memory size must be a number with an optional k/M/G/T suffix");
             }
 
             exports.Add((name, path));

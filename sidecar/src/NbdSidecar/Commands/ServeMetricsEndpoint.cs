@@ -72,6 +72,12 @@ internal sealed class ServeMetricsEndpoint : IAsyncDisposable
         Counter(text, "nbd_server_bytes_written_total", "Payload bytes received by WRITE and stored.", m.BytesWritten);
         PerCommand(text, "nbd_server_requests_total", "Requests received, by command.", m.Requests);
         PerCommand(text, "nbd_server_request_errors_total", "Requests answered with an error, by command.", m.Errors);
+        text.Append("# HELP nbd_export_size_bytes Size of each export in bytes.\n# TYPE nbd_export_size_bytes gauge\n");
+        foreach (var export in server.Exports)
+        {
+            text.Append(CultureInfo.InvariantCulture, $"nbd_export_size_bytes{{export=\"{LabelValue(export.Name)}\"}} {export.Size}\n");
+        }
+
         return text.ToString();
     }
 
@@ -103,6 +109,10 @@ internal sealed class ServeMetricsEndpoint : IAsyncDisposable
         Nbd.Protocol.NbdCommand.BlockStatus => "block_status",
         _ => command.ToString().ToLowerInvariant(),
     };
+
+    /// <summary>A label value in the exposition format: backslash, double quote and line feed escaped.</summary>
+    internal static string LabelValue(string value) =>
+        value.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("\"", "\\\"", StringComparison.Ordinal).Replace("\n", "\\n", StringComparison.Ordinal);
 
     private static string Format(double value) => value.ToString("0.###", CultureInfo.InvariantCulture);
 }

@@ -29,6 +29,49 @@ public static class ExportReasons
     public const string Ready = "Ready";
     public const string Terminating = "Terminating";
     public const string Expired = "Expired";
+
+    /// <summary>The condition type about spec.persistentVolume: True when the volume (and its claim) exist as asked.</summary>
+    public const string VolumeCondition = "PersistentVolumeReady";
+
+    public const string VolumeReady = "PersistentVolumeReady";
+    public const string VolumeConflict = "PersistentVolumeConflict";
+    public const string ExportSizeUnknown = "ExportSizeUnknown";
+    public const string VolumeReplacing = "PersistentVolumeReplacing";
+    public const string VolumeRemoving = "PersistentVolumeRemoving";
+}
+
+/// <summary>What the PersistentVolume of an export (spec.persistentVolume) is made of.</summary>
+public static class VolumeNames
+{
+    /// <summary>The CSI driver of the node plugin (<c>nbd-sidecar node-plugin</c>).</summary>
+    public const string CsiDriver = "nbd.csi.nbdoperator.io";
+
+    /// <summary>volumeAttributes key: the export's URI (what NodeStageVolume connects to).</summary>
+    public const string UriAttribute = "uri";
+
+    /// <summary>volumeAttributes key: "true" when the export is read-only (the node attaches it read-only).</summary>
+    public const string ReadOnlyAttribute = "readOnly";
+
+    /// <summary>
+    /// On the export while it has a PersistentVolume or claim: both live where owner references cannot reach
+    /// (a PV is cluster-scoped; the claim may be in another namespace), so the operator removes them itself.
+    /// </summary>
+    public const string Finalizer = "nbdoperator.io/persistent-volume";
+
+    /// <summary>Label with the export's namespace on the volume and claim (with <see cref="ExportLabels.ExportName"/>).</summary>
+    public const string ExportNamespaceLabel = "nbdoperator.io/export-namespace";
+
+    /// <summary>Annotation NAMESPACE/NAME of the export on the volume and claim: maps their events back to it.</summary>
+    public const string ExportAnnotation = "nbdoperator.io/export";
+
+    /// <summary>Hash of the desired volume; a difference replaces the volume (its source is immutable).</summary>
+    public const string VolumeHash = "nbdoperator.io/volume-hash";
+
+    public const string VolumeComponent = "persistent-volume";
+    public const string ClaimComponent = "persistent-volume-claim";
+
+    /// <summary>Selects every volume and claim any export made (the operator's PersistentVolume watch).</summary>
+    public const string Selector = ExportLabels.ManagedBy + "=" + ExportLabels.ManagedByValue + "," + ExportLabels.Component + "=" + VolumeComponent;
 }
 
 /// <summary>Labels, annotations and fixed paths on the objects an export owns.</summary>

@@ -28,7 +28,14 @@ public sealed record SnapshotInfo(bool Found, bool ReadyToUse, long? RestoreSize
 /// What the server reports on its metrics endpoint: clients connected now, seconds since the last one left
 /// (or since start), and, where the server reports it, how many clients it has had since start.
 /// </summary>
-public sealed record ServerStats(int ConnectedClients, double IdleSeconds, long? ConnectionsTotal = null);
+public sealed record ServerStats(int ConnectedClients, double IdleSeconds, long? ConnectionsTotal = null)
+{
+    /// <summary>Size of each export the server serves (nbd_export_size_bytes), by export name.</summary>
+    public IReadOnlyDictionary<string, long> ExportSizes { get; init; } = new Dictionary<string, long>();
+
+    /// <summary>The pod these statistics came from.</summary>
+    public string? PodName { get; init; }
+}
 
 /// <summary>Everything the state machine decides from, gathered by the reconciler (or a test).</summary>
 public sealed class ExportObservation
@@ -65,6 +72,18 @@ public sealed class ExportObservation
 
     /// <summary>The ready server's statistics (null: not read, or unreadable).</summary>
     public ServerStats? Stats { get; init; }
+
+    /// <summary>
+    /// PersistentVolumes this export made (its UID label), plus the volume that has the name spec.persistentVolume asks
+    /// for, whoever made it.
+    /// </summary>
+    public IReadOnlyList<V1PersistentVolume> PersistentVolumes { get; init; } = [];
+
+    /// <summary>
+    /// The claims that matter to the export's volumes: the one spec.persistentVolume.claim names and those the volumes'
+    /// claimRefs name, as far as they exist (whoever made them).
+    /// </summary>
+    public IReadOnlyList<V1PersistentVolumeClaim> VolumeClaims { get; init; } = [];
 }
 
 /// <summary>The lifecycle states of an export (one per distinct situation the controller acts on).</summary>
@@ -119,6 +138,24 @@ public sealed record DeleteService(string Name, string Why) : ExportAction;
 
 public sealed record DeleteExport(string Why) : ExportAction;
 
+public sealed record CreatePersistentVolume(V1PersistentVolume Volume) : ExportAction;
+
+public sealed record DeletePersistentVolume(string Name, string Why) : ExportAction;
+
+/// <summary>Creates the claim bound to the volume, in the namespace its metadata names.</summary>
+public sealed record CreateVolumeClaim(V1PersistentVolumeClaim Claim) : ExportAction;
+
+public sealed record DeleteVolumeClaim(string Namespace, string Name, string Why) : ExportAction;
+
+/// <summary>Adds <see cref="VolumeNames.Finalizer"/> to the export (before it makes anything the finalizer cleans up).</summary>
+public sealed record AddFinalizer : ExportAction;
+
+/// <summary>Removes <see cref="VolumeNames.Finalizer"/> from the export (once nothing is left to clean up).</summary>
+public sealed record RemoveFinalizer : ExportAction;
+
+/// <summary>The PersistentVolumeReady condition: null removes it (no volume asked for, none left).</summary>
+public sealed record VolumeCondition(string Status, string Reason, string Message);
+
 /// <summary>The state machine's decision: the state, the status to show, and the actions to take.</summary>
 public sealed record ExportPlan(ExportState State, string Phase, string ConditionStatus, string Reason, string Message)
 {
@@ -132,6 +169,22 @@ public sealed record ExportPlan(ExportState State, string Phase, string Conditio
     public string? NodeName { get; init; }
     public int? ConnectedClients { get; init; }
     public DateTime? IdleSince { get; init; }
+
+    /// <summary>The PersistentVolumeReady condition to set; null removes it.</summary>
+    public VolumeCondition? Volume { get; init; }
+
+    /// <summary>
+    /// True when this plan decided about the export's volume (<see cref="Volume"/> and the names below are meant);
+    /// false: the state did not get that far, and the status keeps its volume condition and names as they are.
+    /// </summary>
+    public bool VolumePlanned { get; init; }
+
+    /// <summary>When to look again for the volume's sake (things the operator does not watch, or the size); merged into <see cref="RequeueAfter"/>.</summary>
+    public TimeSpan? VolumeRequeueAfter { get; init; }
+
+    public string? PersistentVolumeName { get; init; }
+    public string? VolumeClaimName { get; init; }
+    public string? VolumeClaimNamespace { get; init; }
 }
 
 /// <summary>The spec with its defaults applied and the source resolved to the PVC that is served.</summary>

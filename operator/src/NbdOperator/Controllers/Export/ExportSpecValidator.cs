@@ -81,6 +81,65 @@ public static class ExportSpecValidator
             errors.Add("spec.tls.secretName is empty");
         }
 
+        if (spec.PersistentVolume is { } volume)
+        {
+            ValidateVolume(spec, volume, errors);
+        }
+
         return errors;
     }
+
+    private static void ValidateVolume(NbdExportSpec spec, ExportPersistentVolume volume, List<string> errors)
+    {
+        if (volume.Name is { } name && !IsObjectName(name, 253))
+        {
+            errors.Add($"spec.persistentVolume.name '{name}' must be a lowercase DNS name (letters, digits, '-' and '.', at most 253)");
+        }
+
+        if (volume.StorageClassName is { Length: > 0 } storageClass && !IsObjectName(storageClass, 253))
+        {
+            errors.Add($"spec.persistentVolume.storageClassName '{storageClass}' is not a valid StorageClass name");
+        }
+
+        if (volume.Claim is { } claim)
+        {
+            if (!IsObjectName(claim.Name, 253))
+            {
+                errors.Add($"spec.persistentVolume.claim.name '{claim.Name}' must be a lowercase DNS name (letters, digits, '-' and '.', at most 253)");
+            }
+
+            if (claim.Namespace is { } ns && !IsNamespace(ns))
+            {
+                errors.Add($"spec.persistentVolume.claim.namespace '{ns}' is not a namespace name");
+            }
+        }
+
+        if (volume.NodeStageSecretRef is { } secret)
+        {
+            if (spec.Tls is null)
+            {
+                // The node plugin refuses TLS material for a plain nbd:// URI; say so here rather than at attach time.
+                errors.Add("spec.persistentVolume.nodeStageSecretRef holds TLS material for the node plugin, but the export has no spec.tls (its endpoint is nbd://)");
+            }
+
+            if (!IsObjectName(secret.Name, 253))
+            {
+                errors.Add($"spec.persistentVolume.nodeStageSecretRef.name '{secret.Name}' must be a lowercase DNS name");
+            }
+
+            if (secret.Namespace is { } ns && !IsNamespace(ns))
+            {
+                errors.Add($"spec.persistentVolume.nodeStageSecretRef.namespace '{ns}' is not a namespace name");
+            }
+        }
+    }
+
+    private static bool IsObjectName(string? name, int max) =>
+        name is { Length: > 0 } && name.Length <= max &&
+        name.Split('.').All(IsLabel);
+
+    private static bool IsNamespace(string name) => name.Length <= 63 && IsLabel(name);
+
+    private static bool IsLabel(string part) =>
+        part.Length > 0 && part.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c == '-') && part[0] != '-' && part[^1] != '-';
 }

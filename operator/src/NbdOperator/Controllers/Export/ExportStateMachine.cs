@@ -24,14 +24,34 @@ public static class ExportStateMachine
 
     public static ExportPlan Decide(ExportObservation o, ExportSettings settings)
     {
+        var plan = DecideServer(o, settings);
+        return plan.VolumeRequeueAfter is { } volume && (plan.RequeueAfter is not { } other || volume < other)
+            ? plan with { RequeueAfter = volume }
+            : plan;
+    }
+
+    private static ExportPlan DecideServer(ExportObservation o, ExportSettings settings)
+    {
         var export = o.Export;
         var ns = export.Metadata.NamespaceProperty;
         var livePods = o.ServerPods.Where(p => p.Metadata.DeletionTimestamp is null).ToList();
 
         if (export.Metadata.DeletionTimestamp is not null)
         {
-            return new ExportPlan(ExportState.Terminating, ExportPhases.Terminating, Conditions.False, ExportReasons.Terminating,
+            var terminating = new ExportPlan(ExportState.Terminating, ExportPhases.Terminating, Conditions.False, ExportReasons.Terminating,
                 "the export is being deleted; its pod, Service and temporary PVC go with it");
+            if (!Finalizers.Has(export.Metadata, VolumeNames.Finalizer))
+            {
+                return terminating;
+            }
+
+            // The volume and claim have no owner reference to follow: the finalizer removes them, and holds the export
+            // (and so its server) until no pod uses them.
+            var cleanup = VolumePlanner.Cleanup(o, settings, "the export is being deleted");
+            return WithVolume(terminating, cleanup) with
+            {
+                Message = cleanup.Condition is { } waiting ? $"the export is being deleted; {waiting.Message}" : terminating.Message,
+            };
         }
 
         var errors = ExportSpecValidator.Validate(export.Spec);
@@ -193,8 +213,28 @@ public static class ExportStateMachine
         actions.AddRange(current.Skip(1).Select(p => new DeletePod(p.Metadata.Name, "a duplicate server pod")));
         var pod = current.FirstOrDefault();
 
-        var plan = new ExportPlan(ExportState.Starting, ExportPhases.Pending, Conditions.False, ExportReasons.PodPending, "")
+        // Filesystem mode: disk.img's size, as the current server reports it (kept in the status while it is the same pod).
+        TimeSpan? sizeRecheck = null;
+        if (!blockMode && pod is not null)
         {
+            size = o.Stats is { } reported && reported.PodName == pod.Metadata.Name &&
+                   reported.ExportSizes.TryGetValue(resolved.ExportName, out var bytes)
+                ? bytes
+                : export.Status?.PodName == pod.Metadata.Name ? export.Status.SizeBytes : null;
+            if (size is null && IsReady(pod))
+            {
+                sizeRecheck = settings.UnwatchedRecheck; // the server did not answer: ask again
+            }
+        }
+
+        var volumePlan = export.Spec.PersistentVolume is null && !Finalizers.Has(export.Metadata, VolumeNames.Finalizer)
+            ? new VolumePlan([], null) { Clean = true }
+            : VolumePlanner.Converge(o, resolved, endpoint, size, settings);
+        actions.InsertRange(0, volumePlan.Actions); // the finalizer before anything it guards
+
+        var plan = WithVolume(new ExportPlan(ExportState.Starting, ExportPhases.Pending, Conditions.False, ExportReasons.PodPending, ""), volumePlan) with
+        {
+            VolumeRequeueAfter = Earliest(volumePlan.RequeueAfter, sizeRecheck),
             // While the server is (re)starting, the ttl keeps counting from where it was.
             IdleSince = spec.Ttl is null ? null : export.Status?.IdleSince,
             Endpoint = endpoint,
@@ -291,17 +331,28 @@ public static class ExportStateMachine
             };
     }
 
+    private static ExportPlan WithVolume(ExportPlan plan, VolumePlan volume) => plan with
+    {
+        Actions = [.. plan.Actions, .. volume.Actions],
+        VolumePlanned = true,
+        Volume = volume.Condition,
+        PersistentVolumeName = volume.PersistentVolumeName,
+        VolumeClaimName = volume.ClaimName,
+        VolumeClaimNamespace = volume.ClaimNamespace,
+        VolumeRequeueAfter = volume.RequeueAfter,
+    };
+
+    private static TimeSpan? Earliest(TimeSpan? a, TimeSpan? b) => a is null ? b : b is null ? a : a < b ? a : b;
+
     private static ExportPlan ServerExited(ExportPlan plan, V1Pod pod, ResolvedExport resolved, ExportObservation o, ExportSettings settings,
         List<ExportAction> actions)
     {
         var terminated = pod.Status?.ContainerStatuses?.FirstOrDefault()?.State?.Terminated;
         var exitCode = terminated?.ExitCode;
         var detail = terminated?.Message?.Trim() is { Length: > 0 } m ? $": {LastLine(m)}" : "";
-        // nbd-sidecar exits with SourceError when it cannot open its export; a missing file can also be
-        // refused up front as a bad --export argument (a usage error) whose message names the file.
-        var diskMissing = !resolved.BlockMode &&
-                          (exitCode == ExportLabels.SourceErrorExitCode ||
-                           (exitCode is not null and not 0 && terminated?.Message?.Contains(ExportLabels.DiskImage, StringComparison.Ordinal) == true));
+        // nbd-sidecar serve exits with SourceError (3) when it cannot open its export; a usage error (2) is a
+        // wrong command line, which is the operator's fault and reported as a server failure.
+        var diskMissing = !resolved.BlockMode && exitCode == ExportLabels.SourceErrorExitCode;
         var delay = diskMissing ? settings.DiskImageRetryDelay : settings.ServerRestartDelay;
         var finished = terminated?.FinishedAt ?? pod.Status?.StartTime ?? o.Now;
         var wait = finished + delay - o.Now;

@@ -20,6 +20,7 @@ public sealed class NbdExportReconciler(
     Informer<V1Pod> pods,
     Informer<V1PersistentVolumeClaim> claims,
     Informer<V1Service> services,
+    Informer<V1PersistentVolume> volumes,
     StatusWriter statusWriter,
     EventRecorder events,
     IServerProbe probe,
@@ -54,7 +55,14 @@ public sealed class NbdExportReconciler(
             return ReconcileResult.Done; // the export is gone
         }
 
+        if (plan.Actions.Any(a => a is AddFinalizer or RemoveFinalizer))
+        {
+            // The export changed (or is gone): its watch event brings a fresh copy to write the status on.
+            return ReconcileResult.Done;
+        }
+
         var previous = Conditions.Find(export.Status?.Conditions, ExportReasons.ReadyCondition);
+        var previousVolume = Conditions.Find(export.Status?.Conditions, ExportReasons.VolumeCondition);
         var status = BuildStatus(export, plan, observation.Now);
         try
         {
@@ -71,6 +79,12 @@ public sealed class NbdExportReconciler(
             await events.RecordAsync(export, type, plan.Reason, plan.Message, cancellationToken);
         }
 
+        if (plan is { VolumePlanned: true, Volume: { } volume } && (previousVolume?.Reason != volume.Reason || previousVolume?.Status != volume.Status))
+        {
+            var type = volume.Reason == ExportReasons.VolumeConflict ? EventRecorder.Warning : EventRecorder.Normal;
+            await events.RecordAsync(export, type, volume.Reason, volume.Message, cancellationToken);
+        }
+
         return plan.RequeueAfter is { } delay ? ReconcileResult.After(delay) : ReconcileResult.Done;
     }
 
@@ -82,8 +96,24 @@ public sealed class NbdExportReconciler(
             : [];
         Conditions.Set(conditions, ExportReasons.ReadyCondition, plan.ConditionStatus, plan.Reason, plan.Message,
             export.Metadata.Generation, now);
+        var before = export.Status;
+        if (plan.VolumePlanned)
+        {
+            if (plan.Volume is { } volume)
+            {
+                Conditions.Set(conditions, ExportReasons.VolumeCondition, volume.Status, volume.Reason, volume.Message, export.Metadata.Generation, now);
+            }
+            else
+            {
+                Conditions.Remove(conditions, ExportReasons.VolumeCondition);
+            }
+        }
+
         return new NbdExportStatus
         {
+            PersistentVolumeName = plan.VolumePlanned ? plan.PersistentVolumeName : before?.PersistentVolumeName,
+            PersistentVolumeClaimName = plan.VolumePlanned ? plan.VolumeClaimName : before?.PersistentVolumeClaimName,
+            PersistentVolumeClaimNamespace = plan.VolumePlanned ? plan.VolumeClaimNamespace : before?.PersistentVolumeClaimNamespace,
             Phase = plan.Phase,
             Endpoint = plan.Endpoint,
             SizeBytes = plan.SizeBytes,
@@ -141,10 +171,46 @@ public sealed class NbdExportReconciler(
             }
         }
 
+        // The server's statistics: for the ttl, and for the export's size until the status has it for this pod
+        // (in Filesystem mode only the server knows disk.img's size).
         ServerStats? stats = null;
-        if (spec.Ttl is not null && owned.FirstOrDefault(p => p.Metadata.DeletionTimestamp is null && ExportStateMachine.IsReady(p)) is { } ready)
+        if (owned.FirstOrDefault(p => p.Metadata.DeletionTimestamp is null && ExportStateMachine.IsReady(p)) is { } ready &&
+            (spec.Ttl is not null || export.Status?.SizeBytes is null || export.Status.PodName != ready.Metadata.Name))
         {
             stats = await probe.ReadAsync(ready, cancellationToken);
+            if (stats is not null)
+            {
+                stats = stats with { PodName = ready.Metadata.Name };
+            }
+        }
+
+        // The volumes this export made, the one with the name it asks for, and the claims that go with them. The
+        // claims may live in any namespace, so they are read directly rather than from the (maybe namespaced) cache.
+        var ourVolumes = volumes.Cache.List().Where(v => ExportBuilders.IsVolumeOf(v.Metadata, export)).ToList();
+        if (spec.PersistentVolume is not null)
+        {
+            var name = ExportBuilders.PersistentVolumeName(export);
+            if (ourVolumes.All(v => v.Metadata.Name != name) && await ReadVolumeAsync(name, cancellationToken) is { } named)
+            {
+                ourVolumes.Add(named);
+            }
+        }
+
+        var claimKeys = ourVolumes.Select(v => v.Spec?.ClaimRef).OfType<V1ObjectReference>()
+            .Where(r => !string.IsNullOrEmpty(r.NamespaceProperty) && !string.IsNullOrEmpty(r.Name))
+            .Select(r => (r.NamespaceProperty, r.Name)).ToList();
+        if (ExportBuilders.VolumeClaimKey(export) is { } wanted)
+        {
+            claimKeys.Add(wanted);
+        }
+
+        var volumeClaims = new List<V1PersistentVolumeClaim>();
+        foreach (var (claimNs, claimName) in claimKeys.Distinct())
+        {
+            if (await ReadClaimAsync(claimNs, claimName, cancellationToken) is { } found)
+            {
+                volumeClaims.Add(found);
+            }
         }
 
         return new ExportObservation
@@ -161,7 +227,33 @@ public sealed class NbdExportReconciler(
             ServerPods = owned,
             Service = services.Cache.Get(ns, ExportBuilders.ServiceName(export)),
             Stats = stats,
+            PersistentVolumes = ourVolumes,
+            VolumeClaims = volumeClaims,
         };
+    }
+
+    private async Task<V1PersistentVolume?> ReadVolumeAsync(string name, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await client.CoreV1.ReadPersistentVolumeAsync(name, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
+    }
+
+    private async Task<V1PersistentVolumeClaim?> ReadClaimAsync(string ns, string name, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await client.CoreV1.ReadNamespacedPersistentVolumeClaimAsync(name, ns, cancellationToken: cancellationToken);
+        }
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        {
+            return null;
+        }
     }
 
     private async Task ExecuteAsync(NbdExport export, ExportAction action, CancellationToken cancellationToken)
@@ -196,15 +288,42 @@ public sealed class NbdExportReconciler(
                     await client.CustomObjects.DeleteNamespacedCustomObjectAsync(NbdApi.Group, NbdApi.Version, ns, NbdExport.Plural,
                         export.Metadata.Name, cancellationToken: cancellationToken);
                     break;
+                case AddFinalizer:
+                    await Finalizers.AddAsync(client, export, NbdExport.Plural, VolumeNames.Finalizer, cancellationToken);
+                    break;
+                case RemoveFinalizer:
+                    await Finalizers.RemoveAsync(client, export, NbdExport.Plural, VolumeNames.Finalizer, cancellationToken);
+                    break;
+                case CreatePersistentVolume c:
+                    await client.CoreV1.CreatePersistentVolumeAsync(c.Volume, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "CreatedPersistentVolume",
+                        $"created PersistentVolume {c.Volume.Metadata.Name} for {c.Volume.Spec.Csi.VolumeAttributes[VolumeNames.UriAttribute]}", cancellationToken);
+                    break;
+                case DeletePersistentVolume d:
+                    await client.CoreV1.DeletePersistentVolumeAsync(d.Name, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "DeletedPersistentVolume", $"deleted PersistentVolume {d.Name}: {d.Why}", cancellationToken);
+                    break;
+                case CreateVolumeClaim c:
+                    await client.CoreV1.CreateNamespacedPersistentVolumeClaimAsync(c.Claim, c.Claim.Metadata.NamespaceProperty, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "CreatedPersistentVolumeClaim",
+                        $"created PersistentVolumeClaim {c.Claim.Metadata.NamespaceProperty}/{c.Claim.Metadata.Name} bound to PersistentVolume {c.Claim.Spec.VolumeName}",
+                        cancellationToken);
+                    break;
+                case DeleteVolumeClaim d:
+                    await client.CoreV1.DeleteNamespacedPersistentVolumeClaimAsync(d.Name, d.Namespace, cancellationToken: cancellationToken);
+                    await events.NormalAsync(export, "DeletedPersistentVolumeClaim", $"deleted PersistentVolumeClaim {d.Namespace}/{d.Name}: {d.Why}", cancellationToken);
+                    break;
                 default:
                     throw new InvalidOperationException($"unknown action {action}");
             }
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict && action is CreateClaim or CreatePod or CreateService)
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.Conflict &&
+                                               action is CreateClaim or CreatePod or CreateService or CreatePersistentVolume or CreateVolumeClaim)
         {
-            // AlreadyExists: our cache is behind; the watch brings the object and another reconcile.
+            // AlreadyExists: our cache is behind; the watch (or the next read) brings the object and another reconcile.
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound && action is DeletePod or DeleteService or DeleteExport)
+        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound &&
+                                               action is DeletePod or DeleteService or DeleteExport or DeletePersistentVolume or DeleteVolumeClaim)
         {
             // Already gone.
         }
