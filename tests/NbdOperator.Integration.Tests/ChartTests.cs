@@ -83,6 +83,7 @@ public partial class ChartTests(KubeFixture fixture)
         { "crds.install", "CustomResourceDefinition", "nbdexports.nbdoperator.io" },
         { "rbac.create", "ClusterRole", "nbd-operator" },
         { "rbac.create", "ClusterRoleBinding", "nbd-operator" },
+        { "rbac.create", "ClusterRoleBinding", "nbd-operator-cluster" },
         { "operator.leaderElection.enabled", "Role", "nbd-operator-leader-election" },
         { "operator.serviceAccount.create", "ServiceAccount", "nbd-operator" },
         { "operator.metrics.service.enabled", "Service", "nbd-operator-metrics" },
@@ -149,8 +150,12 @@ public partial class ChartTests(KubeFixture fixture)
         Assert.Equal(deployment.Spec.Selector.MatchLabels, service.Spec.Selector);
         Assert.Equal("metrics", service.Spec.Ports.Single().TargetPort.Value);
 
-        var binding = Single<V1ClusterRoleBinding>(docs, "ClusterRoleBinding");
-        Assert.Equal(("nbd-operator", ChartEnvironment.ReleaseNamespace), (binding.Subjects.Single().Name, binding.Subjects.Single().NamespaceProperty));
+        foreach (var name in new[] { "nbd-operator", "nbd-operator-cluster" })
+        {
+            var binding = Single<V1ClusterRoleBinding>(docs, "ClusterRoleBinding", name);
+            Assert.Equal(name, binding.RoleRef.Name);
+            Assert.Equal(("nbd-operator", ChartEnvironment.ReleaseNamespace), (binding.Subjects.Single().Name, binding.Subjects.Single().NamespaceProperty));
+        }
     }
 
     [Fact]
@@ -185,7 +190,8 @@ public partial class ChartTests(KubeFixture fixture)
     {
         var docs = await TemplateAsync("--set", "watchNamespace=vms");
 
-        Assert.DoesNotContain(docs, d => d.Kind == "ClusterRoleBinding");
+        // Cluster-wide only what has no namespace (PersistentVolumes).
+        Assert.Equal(["nbd-operator-cluster"], docs.Where(d => d.Kind == "ClusterRoleBinding").Select(d => d.Name));
         var binding = docs.Where(d => d.Kind == "RoleBinding").Select(d => KubernetesYaml.Deserialize<V1RoleBinding>(d.Yaml))
             .Single(b => b.RoleRef.Kind == "ClusterRole");
         Assert.Equal(("vms", "nbd-operator"), (binding.Metadata.NamespaceProperty, binding.RoleRef.Name));
@@ -436,6 +442,7 @@ public partial class ChartTests(KubeFixture fixture)
         failures.AddRange(await env.RunFlowsAsync<ExportFlowTests>());
         failures.AddRange(await env.RunFlowsAsync<EndToEndTests>());
         failures.AddRange(await env.RunFlowsAsync<ImportFlowTests>());
+        failures.AddRange(await env.RunFlowsAsync<VolumeFlowTests>());
         Assert.True(failures.Count == 0, "flows that failed with the chart's identity:\n" + string.Join("\n", failures));
 
         // 3. What they did against what the chart grants.

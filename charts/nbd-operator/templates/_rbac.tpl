@@ -9,16 +9,22 @@ permission is adding (or extending) one line here, together with the flow that n
 
 {{- /* In the watched namespaces (a ClusterRole, bound cluster-wide or by RoleBinding per namespace). */ -}}
 {{- define "nbd-operator.rbac.managerRules" -}}
-- {apiGroups: [nbdoperator.io], resources: [nbdexports], verbs: [get, list, watch, delete]}
+- {apiGroups: [nbdoperator.io], resources: [nbdexports], verbs: [get, list, watch, patch, delete]}
 - {apiGroups: [nbdoperator.io], resources: [nbdexports/status], verbs: [update]}
-- {apiGroups: [nbdoperator.io], resources: [nbdimports], verbs: [get, list, watch]}
+- {apiGroups: [nbdoperator.io], resources: [nbdimports], verbs: [list, watch]}
 - {apiGroups: [nbdoperator.io], resources: [nbdimports/status], verbs: [update]}
-- {apiGroups: [""], resources: [pods], verbs: [get, list, watch, create, delete]}
+- {apiGroups: [""], resources: [pods], verbs: [list, watch, create, delete]}
 - {apiGroups: [""], resources: [services], verbs: [list, watch, create, delete]}
 - {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [get, list, watch, create, delete, patch]}
 - {apiGroups: [""], resources: [secrets], verbs: [get]}
 - {apiGroups: [""], resources: [events], verbs: [create, patch]}
 - {apiGroups: [snapshot.storage.k8s.io], resources: [volumesnapshots], verbs: [get]}
+{{- end }}
+
+{{- /* Cluster-scoped objects (always a ClusterRole with a ClusterRoleBinding): the CSI PersistentVolumes of
+exports with spec.persistentVolume. */ -}}
+{{- define "nbd-operator.rbac.clusterRules" -}}
+- {apiGroups: [""], resources: [persistentvolumes], verbs: [get, list, watch, create, delete]}
 {{- end }}
 
 {{- /* In the operator's own namespace, where its leader-election Lease lives. */ -}}

@@ -278,6 +278,7 @@ public sealed class ChartEnvironment : IAsyncDisposable
         var granted = new HashSet<Permission>();
         var clusterRole = await Kube.Client.RbacAuthorizationV1.ReadClusterRoleAsync(FullName);
         Expand(clusterRole.Rules, null, granted);
+        Expand((await Kube.Client.RbacAuthorizationV1.ReadClusterRoleAsync($"{FullName}-cluster")).Rules, null, granted);
         var role = await Kube.Client.RbacAuthorizationV1.ReadNamespacedRoleAsync($"{FullName}-leader-election", ReleaseNamespace);
         Expand(role.Rules, ReleaseNamespace, granted);
         return granted;

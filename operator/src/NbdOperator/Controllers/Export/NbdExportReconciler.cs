@@ -280,7 +280,16 @@ public sealed class NbdExportReconciler(
                     await client.CoreV1.CreateNamespacedServiceAsync(c.Service, ns, cancellationToken: cancellationToken);
                     break;
                 case DeleteService d:
-                    await client.CoreV1.DeleteNamespacedServiceAsync(d.Name, ns, cancellationToken: cancellationToken);
+                    try
+                    {
+                        await client.CoreV1.DeleteNamespacedServiceAsync(d.Name, ns, cancellationToken: cancellationToken);
+                    }
+                    catch (JsonException)
+                    {
+                        // Before Kubernetes 1.22 a Service DELETE answers with a Status ({"status": "Success"}), not
+                        // the Service, and the client cannot read that as a V1Service: the delete itself succeeded.
+                    }
+
                     await events.NormalAsync(export, "DeletedService", $"deleted Service {d.Name}: {d.Why}", cancellationToken);
                     break;
                 case DeleteExport d:
