@@ -9,8 +9,10 @@ namespace NbdOperator.Integration.Tests;
 /// <summary>
 /// The operator side of <c>tests/bench/import-bench.sh</c> (<c>make bench-import</c>): one end-to-end import of
 /// the source the script serves, through the operator and the pod runner, timed from creating the NbdImport to
-/// its Succeeded status. Without <c>NBD_IMPORT_BENCH_URL</c> (in <c>make test</c>) it is skipped with that reason.
+/// its Succeeded status. <c>make test</c> leaves it out by its trait; run without <c>NBD_IMPORT_BENCH_URL</c>, it is
+/// skipped with that reason.
 /// </summary>
+[Trait("Category", "Benchmark")]
 public class ImportBenchmark(KubeFixture fixture)
 {
     [Fact]
