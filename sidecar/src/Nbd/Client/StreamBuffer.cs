@@ -93,6 +93,12 @@ internal sealed class StreamBuffer
             return;
         }
 
+        if (Stream is SocketStream socket)
+        {
+            socket.ReceiveExactly(destination.Span);
+            return;
+        }
+
         await Stream.ReadExactlyAsync(destination, cancellationToken).ConfigureAwait(false);
     }
 
