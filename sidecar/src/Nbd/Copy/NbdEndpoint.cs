@@ -8,6 +8,8 @@ namespace Nbd.Copy;
 /// An NBD export over one or more connections. Lane <c>i</c> uses connection <c>i mod N</c>; a broken
 /// connection is replaced by <see cref="RecoverAsync"/>. Zeroing uses WRITE_ZEROES (which may punch holes),
 /// else TRIM when block status then shows the range reads as zeroes, else writes zeroes.
+/// Writes are flushed behind: every <see cref="FlushBehindBytes"/> written, a flush starts in the background, so the
+/// server writes data back while the copy goes on and the final <see cref="FlushAsync"/> has little left to do.
 /// </summary>
 public sealed class NbdEndpoint : ICopyEndpoint
 {
@@ -15,7 +17,10 @@ public sealed class NbdEndpoint : ICopyEndpoint
     private readonly NbdClientOptions _options;
     private readonly NbdConnection[] _connections;
     private readonly SemaphoreSlim[] _reconnecting;
+    private readonly Lock _flushGate = new();
     private byte[]? _zeroes;
+    private long _unflushed;
+    private Task _flushBehind = Task.CompletedTask;
 
     private NbdEndpoint(NbdUri uri, NbdClientOptions options, NbdConnection[] connections)
     {
@@ -37,6 +42,9 @@ public sealed class NbdEndpoint : ICopyEndpoint
 
     /// <summary>The first connection, for its negotiated properties.</summary>
     public NbdConnection Primary => _connections[0];
+
+    /// <summary>Data written between two background flushes.</summary>
+    public long FlushBehindBytes { get; init; } = 64L << 20;
 
     /// <summary>
     /// Connects. <paramref name="connections"/> null means 4 when the server allows multi-conn, else 1; more than one
@@ -61,12 +69,14 @@ public sealed class NbdEndpoint : ICopyEndpoint
 
             var all = new NbdConnection[count];
             all[0] = first;
+
+            // The other connections handshake in parallel (plain handshakes block their thread).
+            var others = Enumerable.Range(1, count - 1)
+                .Select(i => Task.Run(async () => all[i] = await NbdClient.ConnectAsync(uri, options, cancellationToken).ConfigureAwait(false), CancellationToken.None))
+                .ToArray();
             try
             {
-                for (var i = 1; i < count; i++)
-                {
-                    all[i] = await NbdClient.ConnectAsync(uri, options, cancellationToken).ConfigureAwait(false);
-                }
+                await Task.WhenAll(others).ConfigureAwait(false);
             }
             catch
             {
@@ -90,8 +100,14 @@ public sealed class NbdEndpoint : ICopyEndpoint
     public Task ReadAsync(int lane, long offset, Memory<byte> buffer, CancellationToken cancellationToken) =>
         Lane(lane).ReadAsync(offset, buffer, CommandFlags.None, cancellationToken);
 
-    public Task WriteAsync(int lane, long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
-        Lane(lane).WriteAsync(offset, data, CommandFlags.None, cancellationToken);
+    public async Task WriteAsync(int lane, long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        await Lane(lane).WriteAsync(offset, data, CommandFlags.None, cancellationToken).ConfigureAwait(false);
+        if (Interlocked.Add(ref _unflushed, data.Length) >= FlushBehindBytes)
+        {
+            StartFlushBehind();
+        }
+    }
 
     public async Task ZeroAsync(int lane, long offset, long length, CancellationToken cancellationToken)
     {
@@ -127,8 +143,21 @@ public sealed class NbdEndpoint : ICopyEndpoint
         await WriteZeroesAsync(c, offset, length, cancellationToken).ConfigureAwait(false);
     }
 
-    public async Task FlushAsync(CancellationToken cancellationToken) =>
+    /// <summary>
+    /// Makes every completed write durable. With multi-conn one flush covers the writes completed on every
+    /// connection (that is what the flag promises), so only one connection flushes; otherwise all do.
+    /// </summary>
+    public async Task FlushAsync(CancellationToken cancellationToken)
+    {
+        Interlocked.Exchange(ref _unflushed, 0);
+        if (_connections.Length > 1 && _connections[0].CanMultiConn)
+        {
+            await FlushOneAsync(cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
         await Task.WhenAll(_connections.Select(c => c.FlushAsync(cancellationToken))).ConfigureAwait(false);
+    }
 
     public async Task GetExtentsAsync(int lane, long offset, long length, List<Extent> extents, CancellationToken cancellationToken)
     {
@@ -181,6 +210,40 @@ public sealed class NbdEndpoint : ICopyEndpoint
     }
 
     private NbdConnection Lane(int lane) => _connections[lane % _connections.Length];
+
+    /// <summary>Flushes on the first healthy connection.</summary>
+    private Task FlushOneAsync(CancellationToken cancellationToken) =>
+        (Array.Find(_connections, c => c.IsConnected) ?? _connections[0]).FlushAsync(cancellationToken);
+
+    /// <summary>Starts a background flush unless one is still running; its failure only costs the head start.</summary>
+    private void StartFlushBehind()
+    {
+        if (!_connections[0].CanFlush)
+        {
+            return;
+        }
+
+        lock (_flushGate)
+        {
+            if (!_flushBehind.IsCompleted)
+            {
+                return;
+            }
+
+            Interlocked.Exchange(ref _unflushed, 0);
+            _flushBehind = Task.Run(async () =>
+            {
+                try
+                {
+                    await FlushOneAsync(CancellationToken.None).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is NbdConnectionException or NbdRequestException or ObjectDisposedException or IOException)
+                {
+                    // The final flush reports what matters.
+                }
+            }, CancellationToken.None);
+        }
+    }
 
     private async Task WriteZeroesAsync(NbdConnection c, long offset, long length, CancellationToken cancellationToken)
     {
