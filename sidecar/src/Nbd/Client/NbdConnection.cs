@@ -731,15 +731,12 @@ public sealed class NbdConnection : IAsyncDisposable
                 }
             }
 
-            try
-            {
-                await _in.EnsureAsync(_in.Available + 1, CancellationToken.None).ConfigureAwait(false);
-            }
-            catch (EndOfStreamException) when (_in.Available == 0)
+            // End of stream is expected after a disconnect: tell it without throwing (exceptions cost start-up time).
+            if (!await _in.FillAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 lock (_gate)
                 {
-                    if (_disconnecting && _pending.Count == 0)
+                    if (_in.Available == 0 && _disconnecting && _pending.Count == 0)
                     {
                         return null;
                     }
