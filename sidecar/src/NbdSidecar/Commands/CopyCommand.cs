@@ -175,24 +175,18 @@ internal static class CopyCommand
             };
 
             var clock = Stopwatch.StartNew();
-            using var stopReporting = new CancellationTokenSource();
+            // Disposing the timer ends the reporter (WaitForNextTickAsync returns false): no exception on the way out.
+            var timer = new PeriodicTimer(TimeSpan.FromSeconds(progressJson is null ? 0.5 : 1));
             var reporter = Task.Run(async () =>
             {
-                using var timer = new PeriodicTimer(TimeSpan.FromSeconds(progressJson is null ? 0.5 : 1));
-                try
+                do
                 {
-                    do
-                    {
-                        var p = copier.Progress;
-                        run.Progress = p;
-                        progressJson?.Write(p, clock.Elapsed.TotalSeconds);
-                        bar?.Draw(p, clock.Elapsed.TotalSeconds);
-                    }
-                    while (await timer.WaitForNextTickAsync(stopReporting.Token).ConfigureAwait(false));
+                    var p = copier.Progress;
+                    run.Progress = p;
+                    progressJson?.Write(p, clock.Elapsed.TotalSeconds);
+                    bar?.Draw(p, clock.Elapsed.TotalSeconds);
                 }
-                catch (OperationCanceledException)
-                {
-                }
+                while (await timer.WaitForNextTickAsync(CancellationToken.None).ConfigureAwait(false));
             }, CancellationToken.None);
 
             try
@@ -206,7 +200,7 @@ internal static class CopyCommand
             }
             finally
             {
-                await stopReporting.CancelAsync().ConfigureAwait(false);
+                timer.Dispose();
                 await reporter.ConfigureAwait(false);
                 var p = copier.Progress;
                 run.Progress = p;
