@@ -182,6 +182,13 @@ internal sealed partial class SocketStream : Stream
 
     private unsafe int Receive(Span<byte> buffer, int flags)
     {
+        // Closed under the reader (a disconnect): end of stream. DangerousAddRef would throw, and the first
+        // exception of a process costs milliseconds. (A close racing past this check still throws, as before.)
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            return 0;
+        }
+
         var added = false;
         try
         {

@@ -188,13 +188,9 @@ public sealed class NbdEndpoint : ICopyEndpoint
         }
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        foreach (var c in _connections)
-        {
-            await c.DisposeAsync().ConfigureAwait(false);
-        }
-    }
+    /// <summary>Disconnects every connection at once; each waits for its reader thread to stop.</summary>
+    public async ValueTask DisposeAsync() =>
+        await Task.WhenAll(_connections.Select(c => c.DisposeAsync().AsTask())).ConfigureAwait(false);
 
     private NbdConnection Lane(int lane) => _connections[lane % _connections.Length];
 

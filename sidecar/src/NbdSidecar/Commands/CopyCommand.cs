@@ -217,15 +217,10 @@ internal static class CopyCommand
         }
         finally
         {
-            if (destination is not null)
-            {
-                await destination.DisposeAsync().ConfigureAwait(false);
-            }
-
-            if (source is not null)
-            {
-                await source.DisposeAsync().ConfigureAwait(false);
-            }
+            // Both sides at once: closing an NBD endpoint waits for its reader threads to wake up and stop.
+            await Task.WhenAll(
+                destination is null ? Task.CompletedTask : destination.DisposeAsync().AsTask(),
+                source is null ? Task.CompletedTask : source.DisposeAsync().AsTask()).ConfigureAwait(false);
         }
     }
 
