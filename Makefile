@@ -22,7 +22,7 @@ help: ## List the targets
 .PHONY: build
 build: ## Build everything; leaves artifacts/sidecar/nbd-sidecar and artifacts/operator/nbd-operator
 	$(DOTNET) build NbdOperator.sln -c $(CONFIGURATION) -nologo -clp:NoSummary -v:q
-	$(DOTNET) publish sidecar/src/NbdSidecar -c $(CONFIGURATION) --no-build -nologo -v:q -o $(ARTIFACTS)/sidecar
+	$(DOTNET) publish sidecar/src/NbdSidecar -c $(CONFIGURATION) --use-current-runtime --self-contained false -nologo -v:q -o $(ARTIFACTS)/sidecar
 	$(DOTNET) publish operator/src/NbdOperator -c $(CONFIGURATION) --no-build -nologo -v:q -o $(ARTIFACTS)/operator
 
 .PHONY: deps

@@ -300,6 +300,36 @@ public class CopierTests
 
         Assert.Equal([(0L, 4096L, false), (4096L, 8192L, true), (8192L, 12288L, false)], runs);
     }
+
+    [Theory]
+    [InlineData(1, 0, 16)]
+    [InlineData(2, 0, 16)]
+    [InlineData(4, 0, 16)]
+    [InlineData(8, 0, 32)]
+    [InlineData(4, 3, 12)]
+    [InlineData(1, 1, 1)]
+    public void Workers_DefaultKeeps16InFlightWithAtLeast4PerConnection(int connections, int perConnection, int expected)
+    {
+        var source = new FaultyEndpoint(new DeviceEndpoint(new MemoryDevice(Chunk), "src")) { ClaimedConnections = connections };
+        var destination = new DeviceEndpoint(new MemoryDevice(Chunk), "dst");
+        var copier = new Copier(source, destination, new CopyOptions { RequestsPerConnection = perConnection }, "src", "dst");
+
+        Assert.Equal(expected, copier.Workers);
+    }
+
+    [Fact]
+    public async Task RunAsync_DefaultOptionsOverSeveralConnections_CopiesExactly()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var wide = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { ClaimedConnections = 4 };
+
+        var result = await new Copier(wide, new DeviceEndpoint(destination, "dst"), new CopyOptions { RetryDelay = TimeSpan.Zero }, "src", "dst")
+            .RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(source.Size, result.BytesCopied + result.BytesSkipped);
+    }
 }
 
 /// <summary>Wraps an endpoint to observe or break reads and writes.</summary>
@@ -314,7 +344,10 @@ internal sealed class FaultyEndpoint(ICopyEndpoint inner) : ICopyEndpoint
 
     public long Size => inner.Size;
 
-    public int Connections => inner.Connections;
+    /// <summary>Connections the endpoint claims to have (lanes map onto them); the inner endpoint's by default.</summary>
+    public int? ClaimedConnections { get; init; }
+
+    public int Connections => ClaimedConnections ?? inner.Connections;
 
     public bool HasExtents => inner.HasExtents;
 

@@ -19,6 +19,12 @@ public static class NbdClient
     /// <summary>Largest option reply payload accepted during the handshake.</summary>
     private const uint MaxOptionReply = 1 << 20;
 
+    /// <summary>Send buffer asked for on unix sockets (TCP keeps the kernel's autotuning).</summary>
+    private const int UnixSendBuffer = 1 << 20;
+
+    /// <summary>Bound on a unix connect that waits for room in a full listen backlog.</summary>
+    private const int UnixConnectTimeoutMilliseconds = 30_000;
+
     /// <summary>Connects to <paramref name="uri"/> and enters transmission on its export.</summary>
     public static async Task<NbdConnection> ConnectAsync(NbdUri uri, NbdClientOptions? options = null, CancellationToken cancellationToken = default)
     {
@@ -27,17 +33,45 @@ public static class NbdClient
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         timeout.CancelAfter(options.ConnectTimeout);
         var socket = await OpenSocketAsync(uri, timeout.Token, cancellationToken).ConfigureAwait(false);
-        var session = new Session(new NetworkStream(socket, ownsSocket: true), options, Describe(uri));
+        var tls = TlsFor(uri, options);
+
+        // Plain connections use blocking system calls (no epoll, no thread-pool hops); a timeout or cancellation
+        // shuts the socket down, which wakes the blocked handshake. TLS needs SslStream over a NetworkStream.
+        Stream stream = tls is null ? new SocketStream(socket) : new NetworkStream(socket, ownsSocket: true);
+        var session = new Session(stream, options, Describe(uri));
         try
         {
-            var negotiated = await session.NegotiateAsync(uri.ExportName, TlsFor(uri, options), list: false, timeout.Token)
-                .ConfigureAwait(false);
-            return new NbdConnection(session.Stream, socket, session.Buffer, negotiated!, options);
+            NegotiatedExport negotiated;
+            using (tls is null ? timeout.Token.UnsafeRegister(static s => ShutdownQuietly((Socket)s!), socket) : default)
+            {
+                negotiated = (await session.NegotiateAsync(uri.ExportName, tls, list: false, timeout.Token).ConfigureAwait(false))!;
+            }
+
+            timeout.Token.ThrowIfCancellationRequested();
+            return new NbdConnection(session.Stream, socket, session.Buffer, negotiated, options);
         }
         catch (Exception e)
         {
             await session.Stream.DisposeAsync().ConfigureAwait(false);
+            if (timeout.IsCancellationRequested && e is not OperationCanceledException)
+            {
+                // The shutdown that interrupted a blocking handshake shows up as a closed connection.
+                cancellationToken.ThrowIfCancellationRequested();
+                e = new OperationCanceledException(timeout.Token);
+            }
+
             throw Translate(e, uri, timeout.IsCancellationRequested, cancellationToken);
+        }
+    }
+
+    private static void ShutdownQuietly(Socket socket)
+    {
+        try
+        {
+            socket.Shutdown(SocketShutdown.Both);
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
         }
     }
 
@@ -166,7 +200,16 @@ public static class NbdClient
                 socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
                 try
                 {
-                    await socket.ConnectAsync(new UnixDomainSocketEndPoint(uri.SocketPath!), timeout).ConfigureAwait(false);
+                    // Room for a whole write request in the kernel: a 256 KiB payload does not fit the default
+                    // 208 KiB, so each write would block once waiting for the server (the kernel caps this at wmem_max).
+                    socket.SendBufferSize = UnixSendBuffer;
+
+                    // A unix connect completes at once unless the server's backlog is full, where SO_SNDTIMEO bounds
+                    // it. Connecting synchronously keeps the socket blocking and out of .NET's epoll loop.
+                    timeout.ThrowIfCancellationRequested();
+                    socket.SendTimeout = UnixConnectTimeoutMilliseconds;
+                    socket.Connect(new UnixDomainSocketEndPoint(uri.SocketPath!));
+                    socket.SendTimeout = 0;
                 }
                 catch
                 {

@@ -22,6 +22,8 @@ public sealed class NbdConnection : IAsyncDisposable
     private readonly StreamBuffer _in;
     private readonly NegotiatedExport _export;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
+    private readonly SocketStream? _socketStream;
+    private readonly Lock _sendLock = new();
     private readonly byte[] _sendBuffer = new byte[NbdLimits.ExtendedRequestHeaderSize + SmallPayload];
     private readonly Dictionary<ulong, Pending> _pending = [];
     private readonly Lock _gate = new();
@@ -57,7 +59,10 @@ public sealed class NbdConnection : IAsyncDisposable
         BlockSizes = new BlockSizeConstraints(minimum, preferred, maximum);
         MaxPayload = (int)Math.Min(AlignDown(maximum, minimum), 1u << 30);
         MaxEffectLength = export.Style == HeaderStyle.Extended ? long.MaxValue & ~(long)(minimum - 1) : (long)AlignDown(uint.MaxValue, minimum);
-        _readLoop = Task.Run(ReadLoopAsync);
+        _socketStream = stream as SocketStream;
+        _readLoop = _socketStream is null
+            ? Task.Run(ReadLoopAsync)
+            : Task.Factory.StartNew(ReadLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }
 
     /// <summary>The export name in use (the server's canonical name when it sent one).</summary>
@@ -335,17 +340,28 @@ public sealed class NbdConnection : IAsyncDisposable
         {
             try
             {
-                await _writeLock.WaitAsync().ConfigureAwait(false);
-                try
+                if (_socketStream is { } socket)
                 {
-                    var n = Transmission.WriteRequest(new NbdRequest(CommandFlags.None, NbdCommand.Disconnect, 0, 0, 0), HeaderStyle, _sendBuffer);
-                    using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-                    await _stream.WriteAsync(_sendBuffer.AsMemory(0, n), cts.Token).ConfigureAwait(false);
-                    await _stream.FlushAsync(cts.Token).ConfigureAwait(false);
+                    lock (_sendLock)
+                    {
+                        var n = Transmission.WriteRequest(new NbdRequest(CommandFlags.None, NbdCommand.Disconnect, 0, 0, 0), HeaderStyle, _sendBuffer);
+                        socket.Send(_sendBuffer.AsSpan(0, n), default);
+                    }
                 }
-                finally
+                else
                 {
-                    _writeLock.Release();
+                    await _writeLock.WaitAsync().ConfigureAwait(false);
+                    try
+                    {
+                        var n = Transmission.WriteRequest(new NbdRequest(CommandFlags.None, NbdCommand.Disconnect, 0, 0, 0), HeaderStyle, _sendBuffer);
+                        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                        await _stream.WriteAsync(_sendBuffer.AsMemory(0, n), cts.Token).ConfigureAwait(false);
+                        await _stream.FlushAsync(cts.Token).ConfigureAwait(false);
+                    }
+                    finally
+                    {
+                        _writeLock.Release();
+                    }
                 }
             }
             catch (Exception e) when (e is IOException or ObjectDisposedException or OperationCanceledException)
@@ -531,6 +547,12 @@ public sealed class NbdConnection : IAsyncDisposable
             _pending.Add(cookie, pending);
         }
 
+        if (_socketStream is { } socket)
+        {
+            SendBlocking(socket, cookie, command, flags, offset, length, payload.Span, cancellationToken);
+            return await WaitAsync(pending, cancellationToken).ConfigureAwait(false);
+        }
+
         try
         {
             await _writeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -571,6 +593,44 @@ public sealed class NbdConnection : IAsyncDisposable
             _writeLock.Release();
         }
 
+        return await WaitAsync(pending, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Sends one request with one gather write, under the send lock, blocking while the socket is full.</summary>
+    private void SendBlocking(SocketStream socket, ulong cookie, NbdCommand command, CommandFlags flags, long offset, long length, ReadOnlySpan<byte> payload, CancellationToken cancellationToken)
+    {
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+        }
+        catch (OperationCanceledException)
+        {
+            lock (_gate)
+            {
+                _pending.Remove(cookie);
+            }
+
+            throw;
+        }
+
+        try
+        {
+            lock (_sendLock)
+            {
+                var request = new NbdRequest(flags, command, cookie, (ulong)offset, (ulong)length);
+                var headerLength = Transmission.WriteRequest(request, HeaderStyle, _sendBuffer);
+                socket.Send(_sendBuffer.AsSpan(0, headerLength), payload);
+            }
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
+        {
+            Fail(e);
+            throw Broken(e);
+        }
+    }
+
+    private async Task<Pending> WaitAsync(Pending pending, CancellationToken cancellationToken)
+    {
         try
         {
             await pending.Completion.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -671,15 +731,12 @@ public sealed class NbdConnection : IAsyncDisposable
                 }
             }
 
-            try
-            {
-                await _in.EnsureAsync(_in.Available + 1, CancellationToken.None).ConfigureAwait(false);
-            }
-            catch (EndOfStreamException) when (_in.Available == 0)
+            // End of stream is expected after a disconnect: tell it without throwing (exceptions cost start-up time).
+            if (!await _in.FillAsync(CancellationToken.None).ConfigureAwait(false))
             {
                 lock (_gate)
                 {
-                    if (_disconnecting && _pending.Count == 0)
+                    if (_in.Available == 0 && _disconnecting && _pending.Count == 0)
                     {
                         return null;
                     }

@@ -68,6 +68,26 @@ internal sealed class StreamBuffer
         }
     }
 
+    /// <summary>Reads at least one more byte into the buffer; false at end of stream.</summary>
+    public async ValueTask<bool> FillAsync(CancellationToken cancellationToken)
+    {
+        if (_end == _buffer.Length)
+        {
+            if (_start == 0)
+            {
+                throw new InvalidOperationException($"cannot buffer more than {_buffer.Length} bytes");
+            }
+
+            Buffer.BlockCopy(_buffer, _start, _buffer, 0, _end - _start);
+            _end -= _start;
+            _start = 0;
+        }
+
+        var read = await Stream.ReadAsync(_buffer.AsMemory(_end), cancellationToken).ConfigureAwait(false);
+        _end += read;
+        return read > 0;
+    }
+
     /// <summary>Fills <paramref name="destination"/> from the buffer, then directly from the stream.</summary>
     public async ValueTask ReadExactAsync(Memory<byte> destination, CancellationToken cancellationToken)
     {
@@ -90,6 +110,12 @@ internal sealed class StreamBuffer
             await EnsureAsync(destination.Length, cancellationToken).ConfigureAwait(false);
             _buffer.AsSpan(_start, destination.Length).CopyTo(destination.Span);
             Consume(destination.Length);
+            return;
+        }
+
+        if (Stream is SocketStream socket)
+        {
+            socket.ReceiveExactly(destination.Span);
             return;
         }
 

@@ -62,7 +62,17 @@ public sealed class Copier
     public Action<string>? Log { get; init; }
 
     /// <summary>Number of parallel workers (connections × requests per connection).</summary>
-    public int Workers => Math.Max(_source.Connections, _destination.Connections) * Math.Max(1, _options.RequestsPerConnection);
+    public int Workers
+    {
+        get
+        {
+            var connections = Math.Max(_source.Connections, _destination.Connections);
+            var perConnection = _options.RequestsPerConnection > 0
+                ? _options.RequestsPerConnection
+                : Math.Max(4, CopyOptions.DefaultRequestsInFlight / connections);
+            return connections * perConnection;
+        }
+    }
 
     /// <summary>A consistent snapshot of the counters, safe to call from any thread.</summary>
     public CopyProgress Progress

@@ -3,11 +3,24 @@ namespace Nbd.Copy;
 /// <summary>Tuning and behaviour of one copy.</summary>
 public sealed record CopyOptions
 {
-    /// <summary>Largest read/write request, a power of two (default 256 KiB).</summary>
-    public int RequestSize { get; init; } = 256 * 1024;
+    /// <summary>Largest read/write request, a power of two (default 1 MiB).</summary>
+    public int RequestSize { get; init; } = DefaultRequestSize;
 
-    /// <summary>Requests in flight per connection (default 16).</summary>
-    public int RequestsPerConnection { get; init; } = 16;
+    /// <summary>
+    /// Requests in flight per connection; 0 (the default) means <see cref="DefaultRequestsInFlight"/> in total spread
+    /// over the connections, at least 4 on each.
+    /// </summary>
+    public int RequestsPerConnection { get; init; }
+
+    /// <summary>
+    /// The default request size. With <see cref="DefaultRequestsInFlight"/> it keeps 16 MiB in flight, as nbdcopy's 64
+    /// requests of 256 KiB do, in a quarter of the requests: each costs thread wake-ups, so on a 4 GiB copy 1 MiB
+    /// requests used about 20% less CPU than 256 KiB ones.
+    /// </summary>
+    public const int DefaultRequestSize = 1 << 20;
+
+    /// <summary>Requests in flight in total when <see cref="RequestsPerConnection"/> is 0.</summary>
+    public const int DefaultRequestsInFlight = 16;
 
     /// <summary>Skip writing blocks that read as all zeroes (default on).</summary>
     public bool DetectZeroes { get; init; } = true;

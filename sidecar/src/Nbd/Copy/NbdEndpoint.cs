@@ -8,6 +8,8 @@ namespace Nbd.Copy;
 /// An NBD export over one or more connections. Lane <c>i</c> uses connection <c>i mod N</c>; a broken
 /// connection is replaced by <see cref="RecoverAsync"/>. Zeroing uses WRITE_ZEROES (which may punch holes),
 /// else TRIM when block status then shows the range reads as zeroes, else writes zeroes.
+/// Nothing is flushed until <see cref="FlushAsync"/>: flushing behind the writes (every 64 MiB) was measured to halve
+/// the throughput of a 4 GiB copy to nbdkit's file plugin, whose writes stall behind each fdatasync.
 /// </summary>
 public sealed class NbdEndpoint : ICopyEndpoint
 {
@@ -61,12 +63,14 @@ public sealed class NbdEndpoint : ICopyEndpoint
 
             var all = new NbdConnection[count];
             all[0] = first;
+
+            // The other connections handshake in parallel (plain handshakes block their thread).
+            var others = Enumerable.Range(1, count - 1)
+                .Select(i => Task.Run(async () => all[i] = await NbdClient.ConnectAsync(uri, options, cancellationToken).ConfigureAwait(false), CancellationToken.None))
+                .ToArray();
             try
             {
-                for (var i = 1; i < count; i++)
-                {
-                    all[i] = await NbdClient.ConnectAsync(uri, options, cancellationToken).ConfigureAwait(false);
-                }
+                await Task.WhenAll(others).ConfigureAwait(false);
             }
             catch
             {
@@ -127,8 +131,20 @@ public sealed class NbdEndpoint : ICopyEndpoint
         await WriteZeroesAsync(c, offset, length, cancellationToken).ConfigureAwait(false);
     }
 
-    public async Task FlushAsync(CancellationToken cancellationToken) =>
+    /// <summary>
+    /// Makes every completed write durable. With multi-conn one flush covers the writes completed on every
+    /// connection (that is what the flag promises), so only one connection flushes; otherwise all do.
+    /// </summary>
+    public async Task FlushAsync(CancellationToken cancellationToken)
+    {
+        if (_connections.Length > 1 && _connections[0].CanMultiConn)
+        {
+            await FlushOneAsync(cancellationToken).ConfigureAwait(false);
+            return;
+        }
+
         await Task.WhenAll(_connections.Select(c => c.FlushAsync(cancellationToken))).ConfigureAwait(false);
+    }
 
     public async Task GetExtentsAsync(int lane, long offset, long length, List<Extent> extents, CancellationToken cancellationToken)
     {
@@ -172,15 +188,15 @@ public sealed class NbdEndpoint : ICopyEndpoint
         }
     }
 
-    public async ValueTask DisposeAsync()
-    {
-        foreach (var c in _connections)
-        {
-            await c.DisposeAsync().ConfigureAwait(false);
-        }
-    }
+    /// <summary>Disconnects every connection at once; each waits for its reader thread to stop.</summary>
+    public async ValueTask DisposeAsync() =>
+        await Task.WhenAll(_connections.Select(c => c.DisposeAsync().AsTask())).ConfigureAwait(false);
 
     private NbdConnection Lane(int lane) => _connections[lane % _connections.Length];
+
+    /// <summary>Flushes on the first healthy connection.</summary>
+    private Task FlushOneAsync(CancellationToken cancellationToken) =>
+        (Array.Find(_connections, c => c.IsConnected) ?? _connections[0]).FlushAsync(cancellationToken);
 
     private async Task WriteZeroesAsync(NbdConnection c, long offset, long length, CancellationToken cancellationToken)
     {
