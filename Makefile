@@ -78,12 +78,21 @@ run: build ## Serve a sample sparse disk on 127.0.0.1:10809 (Ctrl-C stops); MODE
 	@sidecar/scripts/run-local.sh $(if $(filter operator,$(MODE)),--operator $(ARGS))
 
 .PHONY: bench
-bench: build ## Benchmark the server against qemu-nbd and nbdkit (BENCH_ARGS=--quick for a smoke run)
+bench: bench-server bench-copy bench-import ## Every benchmark, each beside the reference tools (BENCH_ARGS=--quick for a smoke run)
+	@if [ "$$(id -u)" = 0 ] && [ -c /dev/fuse ]; then $(MAKE) --no-print-directory bench-attach; \
+	else echo "bench: skipping bench-attach (needs root and /dev/fuse)"; fi
+
+.PHONY: bench-server
+bench-server: build ## Benchmark the server against qemu-nbd and nbdkit
 	@tests/bench/server-bench.sh $(BENCH_ARGS)
 
 .PHONY: bench-copy
 bench-copy: build ## Benchmark nbd-sidecar copy against nbdcopy and qemu-img convert (BENCH_ARGS=--quick for a smoke run)
 	tests/bench/copy-bench.sh --sidecar $(SIDECAR) $(BENCH_ARGS)
+
+.PHONY: bench-import
+bench-import: build ## Benchmark an end-to-end NbdImport (operator + pod runner) against nbdcopy (BENCH_ARGS=--quick for a smoke run)
+	tests/bench/import-bench.sh $(BENCH_ARGS)
 
 .PHONY: bench-attach
 bench-attach: build ## Benchmark the node plugin's fuse attach path against nbdcopy on the export (root, /dev/fuse)
@@ -101,10 +110,6 @@ images: ## Build the nbd-operator and nbd-sidecar images with Docker (IMAGE_REGI
 	@echo "images: built $(IMAGE_REGISTRY)/nbd-operator:$(IMAGE_TAG) and $(IMAGE_REGISTRY)/nbd-sidecar:$(IMAGE_TAG);" \
 	  "install with: helm install nbd-operator $(CHART) -n nbd-system --create-namespace" \
 	  "--set operator.image.repository=$(IMAGE_REGISTRY)/nbd-operator --set sidecar.image.repository=$(IMAGE_REGISTRY)/nbd-sidecar"
-
-.PHONY: bench-import
-bench-import: build ## Benchmark an end-to-end NbdImport (operator + pod runner) against nbdcopy (BENCH_ARGS=--quick for a smoke run)
-	tests/bench/import-bench.sh $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## Remove build output

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make bench: nbd-sidecar serve side by side with qemu-nbd and nbdkit's file plugin, on the same images,
+# make bench-server (part of make bench): nbd-sidecar serve side by side with qemu-nbd and nbdkit's file plugin, on the same images,
 # over a unix socket and TCP loopback. A benchmark, not a test: it prints numbers and never fails on them.
 #   tests/bench/server-bench.sh [--quick] [--reps N] [--only WORKLOAD] [--dir DIR]
 set -euo pipefail

@@ -180,7 +180,10 @@ public sealed class NbdExportDevice : IBlockDevice
         ArrayPool<byte>.Shared.Return(temporary);
     }
 
-    /// <summary>Flushes every connection (NBD_CMD_FLUSH); a no-op when the export has no flush.</summary>
+    /// <summary>
+    /// Makes completed writes durable (NBD_CMD_FLUSH): on one connection when the export has multi-conn, else on every
+    /// connection; a no-op when the export has no flush.
+    /// </summary>
     public void Flush()
     {
         if (_readOnly)
