@@ -10,7 +10,7 @@ namespace NbdSidecar.Tests.NodePlugin;
 
 /// <summary>
 /// End to end, as root: the real <c>nbd-sidecar node-plugin</c> binary (fuse attacher, our NBD client) against real
-/// NBD servers — nbdkit and qemu-nbd on unix sockets in scratch folders — through gRPC, with I/O through the
+/// NBD servers — nbdkit, qemu-nbd and our own <c>nbd-sidecar serve</c> on unix sockets in scratch folders — through gRPC, with I/O through the
 /// loop device and the data checked on the server side with nbdcopy or the backing file. Skipped with the
 /// reason where root, FUSE, loop devices or the peers are missing. Everything started is killed by PID and
 /// everything attached is undone, even when a test fails.
@@ -45,11 +45,15 @@ public sealed class RealExportTests : IAsyncLifetime
         _scratch.Dispose();
     }
 
-    [Fact]
-    public async Task Nbdkit_BlockVolume_WriteReadThroughTheLoopDevice_MkfsMount_UnstageLeavesNothing()
+    [Theory]
+    [InlineData("nbdkit")]
+    [InlineData("nbd-sidecar")]
+    public async Task BlockVolume_WriteReadThroughTheLoopDevice_MkfsMount_UnstageLeavesNothing(string serverName)
     {
-        await RequireAsync("nbdkit", "nbdcopy");
-        var (server, uri) = await Peers.NbdkitAsync(_scratch, "memory", "64M");
+        await RequireAsync(serverName == "nbdkit" ? ["nbdkit", "nbdcopy"] : ["nbdcopy"]);
+        var (server, uri) = serverName == "nbdkit"
+            ? await Peers.NbdkitAsync(_scratch, "memory", "64M")
+            : await SidecarAsync(_scratch.File("s.sock"), "memory:64M");
         using var _ = server;
         var staging = Dir("staging");
         var target = _scratch.File("pods/p1/volumeDevices/disk");
@@ -59,7 +63,7 @@ public sealed class RealExportTests : IAsyncLifetime
         await Plugin.Node.NodePublishVolumeAsync(Requests.Publish("vol-k", staging, target, Requests.Block()), cancellationToken: Token);
         var device = Plugin.DeviceOf("vol-k");
         Assert.StartsWith("/dev/loop", device, StringComparison.Ordinal);
-        Assert.Contains("opened with 4 connection(s)", Plugin.Output, StringComparison.Ordinal); // nbdkit allows multi-conn
+        Assert.Contains("opened with 4 connection(s)", Plugin.Output, StringComparison.Ordinal); // both servers allow multi-conn
 
         // Raw bytes through the published device node (O_DIRECT both ways) reach the export.
         var data = Pattern(3 << 20, seed: 1);
@@ -72,7 +76,7 @@ public sealed class RealExportTests : IAsyncLifetime
         await Run("mkfs.ext4", "-q", "-F", target);
         var workload = Dir("workload");
         await Run("mount", target, workload);
-        var content = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("a file on ext4 on nbdkit. ", 4000)));
+        var content = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat($"a file on ext4 on {serverName}. ", 4000)));
         await File.WriteAllBytesAsync(Path.Combine(workload, "kept.txt"), content, Token);
         await Run("umount", workload);
         Assert.True((await ExportBytesAsync(uri)).AsSpan().IndexOf(content.AsSpan(0, 4096)) >= 0, "the file's bytes are in the export");
@@ -84,14 +88,18 @@ public sealed class RealExportTests : IAsyncLifetime
         AssertNothingAttached();
     }
 
-    [Fact]
-    public async Task QemuNbd_MountVolume_FormatWriteRestage_FileSurvivesAndBytesAreOnTheBackingFile()
+    [Theory]
+    [InlineData("qemu-nbd")]
+    [InlineData("nbd-sidecar")]
+    public async Task MountVolume_FormatWriteRestage_FileSurvivesAndBytesAreOnTheBackingFile(string serverName)
     {
-        await RequireAsync("qemu-nbd");
+        await RequireAsync(serverName == "qemu-nbd" ? ["qemu-nbd"] : []);
         var image = _scratch.SparseImage("disk.img", Size);
         var socket = _scratch.File("q.sock");
-        using var server = await QemuNbdAsync(socket, image);
-        var uri = $"nbd+unix:///disk?socket={socket}";
+        var (server, uri) = serverName == "qemu-nbd"
+            ? (await QemuNbdAsync(socket, image), $"nbd+unix:///disk?socket={socket}")
+            : await SidecarAsync(socket, image);
+        using var _ = server;
         var staging = Dir("staging");
         var target = _scratch.File("pods/p1/volumes/data");
         var capability = Requests.Mount("ext4", Mode.SingleNodeWriter);
@@ -99,7 +107,7 @@ public sealed class RealExportTests : IAsyncLifetime
         await Plugin.Node.NodeStageVolumeAsync(Requests.Stage("vol-q", staging, capability, uri, format: true), cancellationToken: Token);
         Assert.Equal("ext4", Mounts.Find(staging)!.FileSystemType);
         await Plugin.Node.NodePublishVolumeAsync(Requests.Publish("vol-q", staging, target, capability), cancellationToken: Token);
-        var content = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat("mount access through qemu-nbd. ", 3000)));
+        var content = Encoding.ASCII.GetBytes(string.Concat(Enumerable.Repeat($"mount access through {serverName}. ", 3000)));
         await File.WriteAllBytesAsync(Path.Combine(target, "data.txt"), content, Token);
         var stats = await Plugin.Node.NodeGetVolumeStatsAsync(new() { VolumeId = "vol-q", VolumePath = target }, cancellationToken: Token);
         Assert.False(stats.VolumeCondition.Abnormal, stats.VolumeCondition.Message);
@@ -107,7 +115,7 @@ public sealed class RealExportTests : IAsyncLifetime
         await Plugin.Node.NodeUnpublishVolumeAsync(new() { VolumeId = "vol-q", TargetPath = target }, cancellationToken: Token);
         await Plugin.Node.NodeUnstageVolumeAsync(new() { VolumeId = "vol-q", StagingTargetPath = staging }, cancellationToken: Token);
         AssertNothingAttached();
-        Assert.True((await File.ReadAllBytesAsync(image, Token)).AsSpan().IndexOf(content.AsSpan(0, 4096)) >= 0, "the file's bytes are on qemu-nbd's backing file");
+        Assert.True((await File.ReadAllBytesAsync(image, Token)).AsSpan().IndexOf(content.AsSpan(0, 4096)) >= 0, $"the file's bytes are on {serverName}'s backing file");
 
         // Staged again (no formatting of a device that holds ext4): the file is there.
         await Plugin.Node.NodeStageVolumeAsync(Requests.Stage("vol-q", staging, capability, uri, format: true), cancellationToken: Token);
@@ -344,6 +352,25 @@ public sealed class RealExportTests : IAsyncLifetime
         }
 
         return peer;
+    }
+
+    /// <summary>Our own server, <c>nbd-sidecar serve</c> (the one NbdExport schedules), serving <paramref name="backing"/> as "disk".</summary>
+    private static async Task<(PeerProcess Peer, string Uri)> SidecarAsync(string socket, string backing)
+    {
+        File.Delete(socket);
+        var peer = PeerProcess.Start(Path.Combine(AppContext.BaseDirectory, "nbd-sidecar"),
+            ["serve", "--export", $"disk={backing}", "--unix", socket, "--log-level", "warning"]);
+        try
+        {
+            await peer.WaitListeningAsync(socket);
+        }
+        catch
+        {
+            peer.Dispose();
+            throw;
+        }
+
+        return (peer, $"nbd+unix:///disk?socket={socket}");
     }
 
     /// <summary>Skips unless this machine can attach (root, FUSE, loop devices, tools) and has the peers; then starts the plugin.</summary>
