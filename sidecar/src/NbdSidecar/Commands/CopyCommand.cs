@@ -300,7 +300,7 @@ internal static class CopyCommand
         {
             if (uri is not null)
             {
-                return await NbdEndpoint.OpenAsync(uri, options, connections, forWriting: false, ct).ConfigureAwait(false);
+                return await NbdEndpoint.OpenAsync(uri, options, connections, NbdEndpoint.CopyConnections, forWriting: false, ct).ConfigureAwait(false);
             }
 
             if (text.StartsWith(BlockDevices.MemoryPrefix, StringComparison.Ordinal))
@@ -328,7 +328,7 @@ internal static class CopyCommand
 
             if (uri is not null)
             {
-                var endpoint = await NbdEndpoint.OpenAsync(uri, options, connections, forWriting: true, ct).ConfigureAwait(false);
+                var endpoint = await NbdEndpoint.OpenAsync(uri, options, connections, NbdEndpoint.CopyConnections, forWriting: true, ct).ConfigureAwait(false);
                 return (endpoint, uri.ToString(), false);
             }
 
