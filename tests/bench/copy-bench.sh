@@ -9,13 +9,16 @@
 # measured against do too: `nbdcopy --flush` and `qemu-img convert -t writeback`. The tools' defaults
 # (nbdcopy without --flush, qemu-img's cache=unsafe for a file) leave the data in the page cache; they run as
 # well and a second set of ratios compares with them, for information.
-# Usage: tests/bench/copy-bench.sh [--quick] [--size 4G] [--rounds N] [--server nbdkit|qemu-nbd] [--sidecar PATH]
+# nbdcopy caps its connections at its threads, one per CPU: on a 2-CPU machine it uses 2 (see --verbose).
+# --baseline PATH runs another nbd-sidecar build as well (tool nbd-sidecar-base), alternating, for before/after.
+# Usage: tests/bench/copy-bench.sh [--quick] [--size 4G] [--rounds N] [--server nbdkit|qemu-nbd] [--sidecar PATH] [--baseline PATH]
 set -euo pipefail
 
 SIZE=4G
 ROUNDS=3
 SERVER=nbdkit
 SIDECAR="$(cd "$(dirname "$0")/../.." && pwd)/artifacts/sidecar/nbd-sidecar"
+BASELINE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) SIZE=256M; ROUNDS=1 ;;
@@ -23,7 +26,8 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift ;;
     --server) SERVER="$2"; shift ;;
     --sidecar) SIDECAR="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --baseline) BASELINE="$2"; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "copy-bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -33,6 +37,7 @@ for tool in nbdkit nbdcopy qemu-img qemu-nbd /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "copy-bench: $tool is missing (make deps)" >&2; exit 1; }
 done
 [ -x "$SIDECAR" ] || { echo "copy-bench: $SIDECAR is missing (make build)" >&2; exit 1; }
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "copy-bench: $BASELINE is missing" >&2; exit 1; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/copy-bench.XXXXXX")"
 PIDS=()
@@ -90,6 +95,7 @@ run_one() { # run_one IMAGE DESTKIND TOOL
   [ "$kind" = nbd ] && existing=(-n)
   case "$tool" in
     nbd-sidecar) cmd=("$SIDECAR" copy "$src" "$dst") ;;
+    nbd-sidecar-base) cmd=("$BASELINE" copy "$src" "$dst") ;;
     nbdcopy+flush) cmd=(nbdcopy --flush "$src" "$dst") ;;
     qemu-img+wb) cmd=(qemu-img convert "${existing[@]}" -t writeback -W -f raw -O raw "$src" "$dst") ;;
     nbdcopy) cmd=(nbdcopy "$src" "$dst") ;;
@@ -105,7 +111,7 @@ run_one() { # run_one IMAGE DESTKIND TOOL
 for round in $(seq "$ROUNDS"); do
   for image in dense sparse; do
     for kind in file nbd; do
-      for tool in nbd-sidecar nbdcopy+flush qemu-img+wb nbdcopy qemu-img; do
+      for tool in nbd-sidecar ${BASELINE:+nbd-sidecar-base} nbdcopy+flush qemu-img+wb nbdcopy qemu-img; do
         run_one "$image" "$kind" "$tool"
       done
     done

@@ -72,6 +72,36 @@ public class CopierTests
     }
 
     [Fact]
+    public async Task RunAsync_DestinationReadsAsZero_SendsNoZeroRequests()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        var zeroed = 0;
+        var watched = new FaultyEndpoint(new DeviceEndpoint(destination, "dst")) { OnZero = (_, _) => Interlocked.Increment(ref zeroed) };
+
+        var result = await new Copier(new DeviceEndpoint(source, "src"), watched, Options, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(0, zeroed);
+        Assert.Equal(source.Size - result.BytesCopied, result.BytesSkipped);
+    }
+
+    [Fact]
+    public async Task RunAsync_DestinationWithData_ZeroesWhatTheSourceDoesNotHave()
+    {
+        var source = SparseSource();
+        var destination = new MemoryDevice(source.Size);
+        destination.Write(12L * Chunk, Fill(Chunk, 12));
+        var zeroed = 0;
+        var watched = new FaultyEndpoint(new DeviceEndpoint(destination, "dst")) { OnZero = (_, _) => Interlocked.Increment(ref zeroed) };
+
+        await new Copier(new DeviceEndpoint(source, "src"), watched, Options, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.True(zeroed > 0);
+    }
+
+    [Fact]
     public async Task RunAsync_NoZeroDetection_WritesZeroBlocksFoundInData()
     {
         var source = SparseSource();
@@ -340,6 +370,9 @@ internal sealed class FaultyEndpoint(ICopyEndpoint inner) : ICopyEndpoint
     /// <summary>Called before a write; returning true skips nothing, it only observes (throw to fail).</summary>
     public Func<long, ReadOnlyMemory<byte>, bool>? OnWrite { get; init; }
 
+    /// <summary>Called before a zero request.</summary>
+    public Action<long, long>? OnZero { get; init; }
+
     public string Name => inner.Name;
 
     public long Size => inner.Size;
@@ -365,7 +398,11 @@ internal sealed class FaultyEndpoint(ICopyEndpoint inner) : ICopyEndpoint
         OnWrite?.Invoke(offset, data);
     }
 
-    public Task ZeroAsync(int lane, long offset, long length, CancellationToken cancellationToken) => inner.ZeroAsync(lane, offset, length, cancellationToken);
+    public Task ZeroAsync(int lane, long offset, long length, CancellationToken cancellationToken)
+    {
+        OnZero?.Invoke(offset, length);
+        return inner.ZeroAsync(lane, offset, length, cancellationToken);
+    }
 
     public Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
 

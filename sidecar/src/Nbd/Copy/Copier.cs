@@ -34,6 +34,7 @@ public sealed class Copier
     private long _skipped;
     private long _resumedFrom;
     private long _verified;
+    private bool _targetIsZero;
     private CopyPhase _phase = CopyPhase.Copying;
 
     /// <param name="source">Where data comes from.</param>
@@ -102,6 +103,7 @@ public sealed class Copier
         }
 
         LoadCheckpoint();
+        _targetIsZero = _options.TargetIsZero || await DestinationReadsAsZeroAsync(size, cancellationToken).ConfigureAwait(false);
 
         var alignment = Math.Max(1, Math.Max(_source.Alignment, _destination.Alignment));
         var requestSize = Math.Max(_options.RequestSize, alignment);
@@ -313,6 +315,64 @@ public sealed class Copier
         }
     }
 
+    /// <summary>
+    /// True when the destination's extents say all of [0, size) reads as zeroes (a new sparse file or a fresh NBD
+    /// export), as qemu-img convert checks: then zero extents and zero blocks need no request at all. A few block-status
+    /// requests at most: the first extent with data ends the check. Any failure answers false, which only costs zeroing.
+    /// </summary>
+    private async Task<bool> DestinationReadsAsZeroAsync(long size, CancellationToken cancellationToken)
+    {
+        if (!_destination.HasExtents || size == 0)
+        {
+            return false;
+        }
+
+        var extents = new List<Extent>();
+        try
+        {
+            for (var at = 0L; at < size;)
+            {
+                var from = at;
+                extents.Clear();
+                await _destination.GetExtentsAsync(0, at, size - at, extents, cancellationToken).ConfigureAwait(false);
+                if (extents.Count == 0 || extents[0].Offset > at)
+                {
+                    return false;
+                }
+
+                foreach (var e in extents)
+                {
+                    if (e.End <= at)
+                    {
+                        continue;
+                    }
+
+                    if (!e.IsZero)
+                    {
+                        return false;
+                    }
+
+                    at = Math.Max(at, e.End);
+                    if (at >= size)
+                    {
+                        break;
+                    }
+                }
+
+                if (at == from)
+                {
+                    return false;
+                }
+            }
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return false;
+        }
+
+        return true;
+    }
+
     private async Task ProduceAsync(ChannelWriter<WorkItem> writer, long size, int alignment, int requestSize, CancellationToken stop, CancellationToken abort)
     {
         var extents = new List<Extent>();
@@ -357,7 +417,7 @@ public sealed class Copier
                         for (var z = s; z < e; z += MaxZeroItem)
                         {
                             var n = Math.Min(MaxZeroItem, e - z);
-                            if (_options.TargetIsZero)
+                            if (_targetIsZero)
                             {
                                 Complete(z, n, 0, n);
                             }
@@ -480,7 +540,7 @@ public sealed class Copier
             var run = runEnd - pos;
             if (zero)
             {
-                if (!_options.TargetIsZero)
+                if (!_targetIsZero)
                 {
                     var at = item.Offset + pos;
                     await WithRetriesAsync(CopyFailureKind.Destination, _destination, lane, at, run, "zeroing",

@@ -20,7 +20,7 @@ internal static class CopyCommand
         does not exist is created. A destination smaller than the source is refused before anything is written.
 
         Options:
-          --connections N        parallel connections per NBD side (default 4 when the server allows multi-conn, else 1)
+          --connections N        parallel connections per NBD side (default 4, at most one per CPU, when the server allows multi-conn, else 1)
           --requests N           requests in flight per connection (default 16 in total, at least 4 per connection)
           --request-size SIZE    largest request, a power of two from 4k to 32M (default 1M)
           --no-detect-zeroes     write all-zero blocks found in data instead of skipping them (--detect-zeroes=false)
@@ -300,7 +300,7 @@ internal static class CopyCommand
         {
             if (uri is not null)
             {
-                return await NbdEndpoint.OpenAsync(uri, options, connections, forWriting: false, ct).ConfigureAwait(false);
+                return await NbdEndpoint.OpenAsync(uri, options, connections, NbdEndpoint.CopyConnections, forWriting: false, ct).ConfigureAwait(false);
             }
 
             if (text.StartsWith(BlockDevices.MemoryPrefix, StringComparison.Ordinal))
@@ -328,7 +328,7 @@ internal static class CopyCommand
 
             if (uri is not null)
             {
-                var endpoint = await NbdEndpoint.OpenAsync(uri, options, connections, forWriting: true, ct).ConfigureAwait(false);
+                var endpoint = await NbdEndpoint.OpenAsync(uri, options, connections, NbdEndpoint.CopyConnections, forWriting: true, ct).ConfigureAwait(false);
                 return (endpoint, uri.ToString(), false);
             }
 
