@@ -41,6 +41,10 @@ internal sealed class TransmissionSession
     /// <summary>How long after a slow request the reader keeps handing requests to the workers.</summary>
     private static readonly long ParallelPeriodTicks = Stopwatch.Frequency / 10;
 
+    /// <summary>ru_inblock of this thread when <see cref="ReadStorageSinceLastCheck"/> last looked.</summary>
+    [ThreadStatic]
+    private static long _blocksReadByThread;
+
     private readonly NbdServer _server;
     private readonly ILogger _log;
     private readonly ConnectionTransport _transport;
@@ -333,7 +337,10 @@ internal sealed class TransmissionSession
                 // for writeback throttling, which more threads only contend on. A read sent with sendfile is
                 // timed together with its send, so it is slow whenever the socket is full (TCP at full speed),
                 // and it holds the send lock throughout: more threads would only queue on that lock.
-                if (request.Command == NbdCommand.BlockStatus || (request.Command == NbdCommand.Read && !UsesSendFile(request)))
+                // On a busy machine a request is also slow when its thread was merely preempted; only one that
+                // read from storage counts.
+                if ((request.Command == NbdCommand.BlockStatus || (request.Command == NbdCommand.Read && !UsesSendFile(request))) &&
+                    ReadStorageSinceLastCheck())
                 {
                     _parallelUntil = finished + ParallelPeriodTicks;
                 }
@@ -344,6 +351,23 @@ internal sealed class TransmissionSession
 
             Complete(work.Cost, started: true);
         }
+    }
+
+    /// <summary>
+    /// True when this thread read from storage (not the page cache) since it last asked, or when that cannot be
+    /// told. Asked only after a slow request, so the system call costs nothing on the fast path.
+    /// </summary>
+    private static bool ReadStorageSinceLastCheck()
+    {
+        var blocks = ServerNative.ThreadBlocksRead();
+        if (blocks < 0)
+        {
+            return true;
+        }
+
+        var grew = blocks != _blocksReadByThread;
+        _blocksReadByThread = blocks;
+        return grew;
     }
 
     private bool UsesSendFile(in NbdRequest request) => _sendFile && request.Length >= SendFileThreshold;
