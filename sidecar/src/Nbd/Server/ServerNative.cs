@@ -18,6 +18,9 @@ internal static partial class ServerNative
     /// <summary>POSIX_FADV_WILLNEED: start reading a range into the page cache.</summary>
     public const int FadviseWillNeed = 3;
 
+    /// <summary>RUSAGE_THREAD: the calling thread's usage.</summary>
+    public const int RusageThread = 1;
+
     public const int EINTR = 4;
     public const int EAGAIN = 11;
 
@@ -30,4 +33,25 @@ internal static partial class ServerNative
     /// <summary>Returns 0 or an errno value (posix_fadvise does not set errno).</summary>
     [LibraryImport("libc", EntryPoint = "posix_fadvise")]
     public static partial int FAdvise(int fd, long offset, long length, int advice);
+
+    /// <summary>True when the kernel accounts storage reads per task (ru_inblock means something).</summary>
+    public static readonly bool HasTaskIoAccounting = File.Exists("/proc/self/io");
+
+    [LibraryImport("libc", EntryPoint = "getrusage", SetLastError = true)]
+    private static unsafe partial int GetRUsage(int who, long* usage);
+
+    /// <summary>
+    /// Blocks the calling thread has read from storage so far (ru_inblock: page-cache hits do not count), or -1
+    /// when that cannot be told. struct rusage on 64-bit Linux: two timevals, then 14 longs; ru_inblock is the 8th.
+    /// </summary>
+    public static unsafe long ThreadBlocksRead()
+    {
+        if (!HasTaskIoAccounting)
+        {
+            return -1;
+        }
+
+        var usage = stackalloc long[18];
+        return GetRUsage(RusageThread, usage) == 0 ? usage[11] : -1;
+    }
 }

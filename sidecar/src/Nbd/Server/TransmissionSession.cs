@@ -2,6 +2,7 @@ using System.Buffers;
 using System.Diagnostics;
 using System.Net.Sockets;
 using Microsoft.Extensions.Logging;
+using Microsoft.Win32.SafeHandles;
 using Nbd.Protocol;
 using Nbd.Storage;
 
@@ -39,6 +40,10 @@ internal sealed class TransmissionSession
 
     /// <summary>How long after a slow request the reader keeps handing requests to the workers.</summary>
     private static readonly long ParallelPeriodTicks = Stopwatch.Frequency / 10;
+
+    /// <summary>ru_inblock of this thread when <see cref="ReadStorageSinceLastCheck"/> last looked.</summary>
+    [ThreadStatic]
+    private static long _blocksReadByThread;
 
     private readonly NbdServer _server;
     private readonly ILogger _log;
@@ -329,8 +334,13 @@ internal sealed class TransmissionSession
             if (finished - started > SlowRequestTicks)
             {
                 // A slow read waited for the disk, where concurrent requests help; a slow write usually waited
-                // for writeback throttling, which more threads only contend on.
-                if (request.Command is NbdCommand.Read or NbdCommand.BlockStatus)
+                // for writeback throttling, which more threads only contend on. A read sent with sendfile is
+                // timed together with its send, so it is slow whenever the socket is full (TCP at full speed),
+                // and it holds the send lock throughout: more threads would only queue on that lock.
+                // On a busy machine a request is also slow when its thread was merely preempted; only one that
+                // read from storage counts.
+                if ((request.Command == NbdCommand.BlockStatus || (request.Command == NbdCommand.Read && !UsesSendFile(request))) &&
+                    ReadStorageSinceLastCheck())
                 {
                     _parallelUntil = finished + ParallelPeriodTicks;
                 }
@@ -342,6 +352,25 @@ internal sealed class TransmissionSession
             Complete(work.Cost, started: true);
         }
     }
+
+    /// <summary>
+    /// True when this thread read from storage (not the page cache) since it last asked, or when that cannot be
+    /// told. Asked only after a slow request, so the system call costs nothing on the fast path.
+    /// </summary>
+    private static bool ReadStorageSinceLastCheck()
+    {
+        var blocks = ServerNative.ThreadBlocksRead();
+        if (blocks < 0)
+        {
+            return true;
+        }
+
+        var grew = blocks != _blocksReadByThread;
+        _blocksReadByThread = blocks;
+        return grew;
+    }
+
+    private bool UsesSendFile(in NbdRequest request) => _sendFile && request.Length >= SendFileThreshold;
 
     private void FlushIfFua(in NbdRequest request)
     {
@@ -392,7 +421,7 @@ internal sealed class TransmissionSession
             int readErrno;
             lock (_sendLock)
             {
-                sent = _transport.SendFile(header, _device.Handle!, offset, length, out readErrno);
+                sent = SendFileReply(header, _device.Handle!, offset, length, out readErrno);
             }
 
             if (sent < length)
@@ -546,7 +575,7 @@ internal sealed class TransmissionSession
                 }
 
                 var n = WriteDataChunkHeader(header, request, extent.Offset, (int)extent.Length, ReplyFlags.None);
-                var sent = _transport.SendFile(header[..n], handle, extent.Offset, extent.Length, out var readErrno);
+                var sent = SendFileReply(header[..n], handle, extent.Offset, extent.Length, out var readErrno);
                 if (sent < extent.Length)
                 {
                     for (var pad = extent.Length - sent; pad > 0; pad -= Math.Min(pad, Zeroes.Length))
@@ -563,11 +592,32 @@ internal sealed class TransmissionSession
                 }
             }
 
-            var end = Transmission.WriteChunkHeader(Chunk(request, ReplyFlags.Done, ReplyType.None, 0), _style, header);
-            _transport.Send(header[..end]);
         }
 
+        // The final chunk joins the batch on the reader thread, so it leaves with the next reply's header
+        // (in the same segment as that reply's payload) instead of as a packet and a wake-up of its own.
+        var end = Transmission.WriteChunkHeader(Chunk(request, ReplyFlags.Done, ReplyType.None, 0), _style, header);
+        SendMessage(header[..end]);
         return true;
+    }
+
+    /// <summary>
+    /// A reply header and its payload straight from the file; the caller holds the send lock. On the reader
+    /// thread the batched replies go out in front of the header, in the same system call.
+    /// </summary>
+    private long SendFileReply(ReadOnlySpan<byte> header, SafeFileHandle file, long offset, long count, out int readErrno)
+    {
+        if (_batchLength > 0 && _batch is not null && Environment.CurrentManagedThreadId == _readerThreadId &&
+            _batchLength + header.Length <= BatchCapacity)
+        {
+            var batch = _batch.Payload(BatchCapacity);
+            header.CopyTo(batch[_batchLength..]);
+            var length = _batchLength + header.Length;
+            _batchLength = 0;
+            return _transport.SendFile(batch[..length], file, offset, count, out readErrno);
+        }
+
+        return _transport.SendFile(header, file, offset, count, out readErrno);
     }
 
     /// <summary>Extents of a read range, covering it exactly.</summary>
