@@ -6,18 +6,22 @@
 # Block PVC). Rounds alternate; medians of elapsed seconds are printed with the ratio import / nbdcopy (the issue's
 # target is <= 1.2: the operator's overhead is scheduling, not copying). Each import target is compared with the
 # source (cmp) so a fast wrong copy cannot win.
-# Usage: tests/bench/import-bench.sh [--quick] [--size 4G] [--rounds N]
+# Every round's timeline (import, pods and claims as watches see them, and what the pod runner did, in seconds
+# from creating the NbdImport) is printed with --timeline; the last round's always.
+# Usage: tests/bench/import-bench.sh [--quick] [--size 4G] [--rounds N] [--timeline]
 set -euo pipefail
 
 SIZE=4G
 ROUNDS=3
+TIMELINE=
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) SIZE=256M; ROUNDS=1 ;;
     --size) SIZE="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --timeline) TIMELINE=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "import-bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -73,6 +77,10 @@ for round in $(seq "$ROUNDS"); do
   read -r elapsed copy _ < "$out"
   echo "$elapsed" >> "$WORK/import.txt"
   echo "$copy" >> "$WORK/copy-only.txt"
+  if [ -n "$TIMELINE" ] || [ "$round" = "$ROUNDS" ]; then
+    echo "import-bench: round $round timeline (seconds from creating the NbdImport):"
+    sed 's/^/  /' "$out.timeline"
+  fi
   echo "import-bench: round $round: nbdcopy $(tail -1 "$WORK/nbdcopy.txt")s, NbdImport ${elapsed}s (copy inside the pod ${copy}s)"
 done
 
