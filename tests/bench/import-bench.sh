@@ -6,14 +6,17 @@
 # Block PVC). Rounds alternate; medians of elapsed seconds are printed with the ratio import / nbdcopy (the issue's
 # target is <= 1.2: the operator's overhead is scheduling, not copying). Each import target is compared with the
 # source (cmp) so a fast wrong copy cannot win.
+# Each round is a fresh test process; by default it first imports a small warm-up source (untimed), so the operator
+# measured is warm, as a long-running one is; --cold measures the first import of a just-started operator instead.
 # Every round's timeline (import, pods and claims as watches see them, and what the pod runner did, in seconds
 # from creating the NbdImport) is printed with --timeline; the last round's always.
-# Usage: tests/bench/import-bench.sh [--quick] [--size 4G] [--rounds N] [--timeline]
+# Usage: tests/bench/import-bench.sh [--quick] [--size 4G] [--rounds N] [--timeline] [--cold]
 set -euo pipefail
 
 SIZE=4G
 ROUNDS=3
 TIMELINE=
+COLD=
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -21,7 +24,8 @@ while [ $# -gt 0 ]; do
     --size) SIZE="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
     --timeline) TIMELINE=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --cold) COLD=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "import-bench: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -42,7 +46,7 @@ cleanup() {
 trap cleanup EXIT
 
 bytes=$(numfmt --from=iec "$SIZE")
-echo "import-bench: size $SIZE, $ROUNDS round(s), $(nproc) CPUs, work in $WORK"
+echo "import-bench: size $SIZE, $ROUNDS round(s), $(nproc) CPUs, $([ -n "$COLD" ] && echo "cold operator" || echo "warm operator (one small import first)"), work in $WORK"
 rm -f "$WORK/gen.sock"
 nbdkit -U "$WORK/gen.sock" --exit-with-parent sparse-random "$SIZE" percent=10 seed=42 &
 gen=$!
@@ -56,6 +60,14 @@ nbdkit -f -i 127.0.0.1 -p "$port" --exit-with-parent file "$WORK/source.img" &
 PIDS+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
 URL="nbd://127.0.0.1:$port/"
+WARMUP_URL=
+if [ -z "$COLD" ]; then
+  port2=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+  nbdkit -f -i 127.0.0.1 -p "$port2" --exit-with-parent sparse-random 1M percent=10 seed=7 &
+  PIDS+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port2") 2>/dev/null && break; sleep 0.05; done
+  WARMUP_URL="nbd://127.0.0.1:$port2/"
+fi
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 : > "$WORK/nbdcopy.txt"; : > "$WORK/import.txt"; : > "$WORK/copy-only.txt"
@@ -71,7 +83,7 @@ for round in $(seq "$ROUNDS"); do
 
   # The same copy as an NbdImport through the operator and the pod runner.
   out="$WORK/import-$round.out"
-  NBD_IMPORT_BENCH_URL="$URL" NBD_IMPORT_BENCH_OUT="$out" NBD_IMPORT_BENCH_SOURCE="$WORK/source.img" \
+  NBD_IMPORT_BENCH_URL="$URL" NBD_IMPORT_BENCH_WARMUP_URL="$WARMUP_URL" NBD_IMPORT_BENCH_OUT="$out" NBD_IMPORT_BENCH_SOURCE="$WORK/source.img" \
     dotnet "$TESTS" -class NbdOperator.Integration.Tests.ImportBenchmark >"$WORK/import-$round.log" 2>&1 ||
     { cat "$WORK/import-$round.log" >&2; echo "import-bench: the import failed" >&2; exit 1; }
   read -r elapsed copy _ < "$out"

@@ -85,7 +85,8 @@ public sealed class PodRunner : IAsyncDisposable
         _snapshots = new Informer<VolumeSnapshot>(ListWatches.Custom<VolumeSnapshot>(client, VolumeSnapshot.Group, VolumeSnapshot.Version,
             VolumeSnapshot.Plural, ns), _logger);
         _kubelet = new Controller("kubelet", new Reconciler(ReconcilePodAsync), metrics, _logger, workers: 2);
-        _binder = new Controller("binder", new Reconciler(ReconcileClaimAsync), metrics, _logger, workers: 1);
+        // Volumes are provisioned in parallel, as a CSI provisioner does: a pod with two claims waits for the slower, not the sum.
+        _binder = new Controller("binder", new Reconciler(ReconcileClaimAsync), metrics, _logger, workers: 4);
         _snapshotter = new Controller("snapshotter", new Reconciler(ReconcileSnapshotAsync), metrics, _logger, workers: 1);
         _pods.OnAny(p =>
         {
