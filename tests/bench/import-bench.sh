@@ -36,6 +36,10 @@ for tool in nbdkit nbdcopy python3 cmp; do
 done
 TESTS="$ROOT/tests/NbdOperator.Integration.Tests/bin/${CONFIGURATION:-Release}/net10.0/NbdOperator.Integration.Tests.dll"
 [ -f "$TESTS" ] || { echo "import-bench: $TESTS is missing (make build)" >&2; exit 1; }
+# The importer runs the sidecar as the image ships it (published ReadyToRun by make build), not the JIT build next to
+# the tests: its start-up is part of what users wait for.
+export NBD_SIDECAR="${NBD_SIDECAR:-$ROOT/artifacts/sidecar/nbd-sidecar}"
+[ -x "$NBD_SIDECAR" ] || { echo "import-bench: $NBD_SIDECAR is missing (make build)" >&2; exit 1; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/import-bench.XXXXXX")"
 PIDS=()
@@ -46,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 bytes=$(numfmt --from=iec "$SIZE")
-echo "import-bench: size $SIZE, $ROUNDS round(s), $(nproc) CPUs, $([ -n "$COLD" ] && echo "cold operator" || echo "warm operator (one small import first)"), work in $WORK"
+echo "import-bench: size $SIZE, $ROUNDS round(s), $(nproc) CPUs, $([ -n "$COLD" ] && echo "cold operator" || echo "warm operator (one small import first)"), sidecar $NBD_SIDECAR, work in $WORK"
 rm -f "$WORK/gen.sock"
 nbdkit -U "$WORK/gen.sock" --exit-with-parent sparse-random "$SIZE" percent=10 seed=42 &
 gen=$!
