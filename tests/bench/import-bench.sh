@@ -74,7 +74,7 @@ if [ -z "$COLD" ]; then
 fi
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-: > "$WORK/nbdcopy.txt"; : > "$WORK/import.txt"; : > "$WORK/copy-only.txt"
+: > "$WORK/nbdcopy.txt"; : > "$WORK/import.txt"; : > "$WORK/copy-only.txt"; : > "$WORK/process.txt"; : > "$WORK/overhead.txt"
 for round in $(seq "$ROUNDS"); do
   # nbdcopy directly, into a fresh sparse file of the source's size.
   rm -f "$WORK/direct.img"; truncate -s "$bytes" "$WORK/direct.img"
@@ -90,19 +90,24 @@ for round in $(seq "$ROUNDS"); do
   NBD_IMPORT_BENCH_URL="$URL" NBD_IMPORT_BENCH_WARMUP_URL="$WARMUP_URL" NBD_IMPORT_BENCH_OUT="$out" NBD_IMPORT_BENCH_SOURCE="$WORK/source.img" \
     dotnet "$TESTS" -class NbdOperator.Integration.Tests.ImportBenchmark >"$WORK/import-$round.log" 2>&1 ||
     { cat "$WORK/import-$round.log" >&2; echo "import-bench: the import failed" >&2; exit 1; }
-  read -r elapsed copy _ < "$out"
+  read -r elapsed copy process _ < "$out"
   echo "$elapsed" >> "$WORK/import.txt"
   echo "$copy" >> "$WORK/copy-only.txt"
+  echo "$process" >> "$WORK/process.txt"
+  echo "$elapsed - $process" | bc -l >> "$WORK/overhead.txt"
   if [ -n "$TIMELINE" ] || [ "$round" = "$ROUNDS" ]; then
     echo "import-bench: round $round timeline (seconds from creating the NbdImport):"
     sed 's/^/  /' "$out.timeline"
   fi
-  echo "import-bench: round $round: nbdcopy $(tail -1 "$WORK/nbdcopy.txt")s, NbdImport ${elapsed}s (copy inside the pod ${copy}s)"
+  echo "import-bench: round $round: nbdcopy $(tail -1 "$WORK/nbdcopy.txt")s, NbdImport ${elapsed}s (importer process ${process}s, its copy ${copy}s; operator and runner $(tail -1 "$WORK/overhead.txt")s)"
 done
 
 direct=$(median < "$WORK/nbdcopy.txt")
 import=$(median < "$WORK/import.txt")
 copy=$(median < "$WORK/copy-only.txt")
+process=$(median < "$WORK/process.txt")
+overhead=$(median < "$WORK/overhead.txt")
 ratio=$(echo "$import / $direct" | bc -l)
 printf 'import-bench: medians over %s round(s): nbdcopy %.2fs, NbdImport end to end %.2fs (of which the copy %.2fs)\n' "$ROUNDS" "$direct" "$import" "$copy"
+printf 'import-bench: medians: the importer process %.2fs; outside it (operator, pod runner, watches) %.3fs\n' "$process" "$overhead"
 printf 'import-bench: ratio NbdImport / nbdcopy = %.2f (target <= 1.2)\n' "$ratio"
