@@ -288,9 +288,13 @@ public class ImportFlowTests(KubeFixture fixture)
             Assert.True(done.Status.ResumedFrom > 0, $"resumedFrom {done.Status.ResumedFrom}");
             Assert.Equal(ImportBuilders.PodName(created, 1), done.Status.PodName);
             Assert.Equal(image, await File.ReadAllBytesAsync(c.Runner.VolumePath("target"), Ct));
-            var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct);
-            Assert.Contains(events.Items, e => e.Reason == "Resumed");
-            Assert.Contains(events.Items, e => e.Reason == ImportReasons.Retrying && e.Message.Contains("exit code 137", StringComparison.Ordinal));
+            // Events are records written after the status they describe: wait for them rather than race them.
+            await Wait.UntilAsync("the Resumed and Retrying events", async () =>
+            {
+                var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct);
+                return events.Items.Any(e => e.Reason == "Resumed") &&
+                       events.Items.Any(e => e.Reason == ImportReasons.Retrying && e.Message.Contains("exit code 137", StringComparison.Ordinal));
+            });
             Assert.False(File.Exists(checkpoint), "a finished import removes its checkpoint");
         }
         finally

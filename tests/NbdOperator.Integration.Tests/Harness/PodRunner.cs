@@ -85,7 +85,8 @@ public sealed class PodRunner : IAsyncDisposable
         _snapshots = new Informer<VolumeSnapshot>(ListWatches.Custom<VolumeSnapshot>(client, VolumeSnapshot.Group, VolumeSnapshot.Version,
             VolumeSnapshot.Plural, ns), _logger);
         _kubelet = new Controller("kubelet", new Reconciler(ReconcilePodAsync), metrics, _logger, workers: 2);
-        _binder = new Controller("binder", new Reconciler(ReconcileClaimAsync), metrics, _logger, workers: 1);
+        // Volumes are provisioned in parallel, as a CSI provisioner does: a pod with two claims waits for the slower, not the sum.
+        _binder = new Controller("binder", new Reconciler(ReconcileClaimAsync), metrics, _logger, workers: 4);
         _snapshotter = new Controller("snapshotter", new Reconciler(ReconcileSnapshotAsync), metrics, _logger, workers: 1);
         _pods.OnAny(p =>
         {
@@ -118,6 +119,23 @@ public sealed class PodRunner : IAsyncDisposable
                 _binder.Enqueue(ObjectKey.Of(claim));
             }
         });
+    }
+
+    /// <summary>
+    /// When set (by a benchmark), what the runner does is recorded in <see cref="Timeline"/> as seconds on this clock:
+    /// bindings, launches, process starts and exits, output lines and status writes.
+    /// </summary>
+    public Stopwatch? Clock { get; set; }
+
+    /// <summary>What the runner did, on <see cref="Clock"/> (empty without one).</summary>
+    public ConcurrentQueue<(double At, string What)> Timeline { get; } = new();
+
+    private void Mark(string what)
+    {
+        if (Clock is { } clock)
+        {
+            Timeline.Enqueue((clock.Elapsed.TotalSeconds, "runner: " + what));
+        }
     }
 
     /// <summary>Log output of every process this runner started, for failure messages.</summary>
@@ -212,6 +230,7 @@ public sealed class PodRunner : IAsyncDisposable
                 Metadata = new V1ObjectMeta { Name = pod.Metadata.Name },
                 Target = new V1ObjectReference { ApiVersion = "v1", Kind = "Node", Name = node },
             }, name: pod.Metadata.Name, namespaceParameter: _ns, cancellationToken: ct);
+            Mark($"pod {pod.Metadata.Name} bound to {node}");
             return ReconcileResult.Done;
         }
 
@@ -233,6 +252,7 @@ public sealed class PodRunner : IAsyncDisposable
                 return ReconcileResult.Done;
             }
 
+            Mark($"pod {pod.Metadata.Name}: launching");
             running = await LaunchAsync(pod, ct);
             _running[pod.Metadata.Name] = running;
         }
@@ -339,15 +359,26 @@ public sealed class PodRunner : IAsyncDisposable
         }
 
         var process = new Process { StartInfo = psi, EnableRaisingEvents = true };
-        process.OutputDataReceived += (_, e) => entry.Append(e.Data);
-        process.ErrorDataReceived += (_, e) => entry.Append(e.Data);
+        process.OutputDataReceived += (_, e) => Output(e.Data);
+        process.ErrorDataReceived += (_, e) => Output(e.Data);
+        void Output(string? line)
+        {
+            entry.Append(line);
+            if (line is not null)
+            {
+                Mark($"pod {pod.Metadata.Name} output: {line[..Math.Min(line.Length, 160)]}");
+            }
+        }
+
         process.Exited += (_, _) =>
         {
             entry.ExitTime = DateTime.UtcNow;
+            Mark($"pod {pod.Metadata.Name}: process exited");
             _kubelet.Enqueue(new ObjectKey(_ns, pod.Metadata.Name));
         };
         entry.CommandLine = $"{psi.FileName} {string.Join(' ', psi.ArgumentList)}";
         process.Start();
+        Mark($"pod {pod.Metadata.Name}: started pid {process.Id}");
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         entry.Process = process;
@@ -450,6 +481,7 @@ public sealed class PodRunner : IAsyncDisposable
         var copy = KubernetesJson.Deserialize<V1Pod>(KubernetesJson.Serialize(pod));
         copy.Status = status;
         await _client.CoreV1.ReplaceNamespacedPodStatusAsync(copy, pod.Metadata.Name, _ns, cancellationToken: ct);
+        Mark($"pod {pod.Metadata.Name}: status {phase}{(terminated is { } x ? $" exit {x.ExitCode}" : "")}");
     }
 
     private async Task StopAsync(string podName, TimeSpan grace)
@@ -592,6 +624,7 @@ public sealed class PodRunner : IAsyncDisposable
             return ReconcileResult.Done;
         }
 
+        Mark($"pvc {claim.Metadata.Name}: binding");
         var block = claim.Spec.VolumeMode == "Block";
         var size = (long)claim.Spec.Resources.Requests["storage"].ToDecimal();
         var path = Path.Combine(_root, "volumes", $"{claim.Metadata.Name}-{claim.Metadata.Uid[..8]}" + (block ? ".img" : ""));
@@ -646,6 +679,7 @@ public sealed class PodRunner : IAsyncDisposable
             Capacity = new Dictionary<string, ResourceQuantity> { ["storage"] = new(size.ToString(CultureInfo.InvariantCulture)) },
         };
         await _client.CoreV1.ReplaceNamespacedPersistentVolumeClaimStatusAsync(bound, claim.Metadata.Name, _ns, cancellationToken: ct);
+        Mark($"pvc {claim.Metadata.Name} bound");
         return ReconcileResult.Done;
     }
 

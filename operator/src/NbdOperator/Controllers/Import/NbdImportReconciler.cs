@@ -75,20 +75,40 @@ public sealed class NbdImportReconciler(
             logger.LogDebug("{Key}: {State} ({Reason}) with {Actions} action(s)", key, plan.State, plan.Reason, plan.Actions.Count);
         }
 
-        foreach (var action in plan.Actions)
-        {
-            await ExecuteAsync(import, action, now, cancellationToken);
-        }
-
+        // The actions' API calls and the status come first, their events after: an event is a record, not a step, and
+        // recording one before the next call would put a round trip between creating the target and the importer pod
+        // (and between the importer's exit and Succeeded). The events are recorded even when a later call fails.
         var previousReady = Conditions.Find(import.Status?.Conditions, ImportReasons.ReadyCondition);
         var status = ImportStateMachine.BuildStatus(import, plan, now);
+        var done = new List<(string Reason, string Message)>();
         try
         {
-            await statusWriter.UpdateAsync<NbdImport, NbdImportStatus>(import, status, NbdImport.Plural, cancellationToken);
+            // Deleting the checkpoint can wait for the status (the next reconcile deletes it if this one fails).
+            foreach (var action in plan.Actions.Where(a => a is not DeleteImportClaim))
+            {
+                await ExecuteAsync(import, action, now, done, cancellationToken);
+            }
+
+            try
+            {
+                await statusWriter.UpdateAsync<NbdImport, NbdImportStatus>(import, status, NbdImport.Plural, cancellationToken);
+            }
+            catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+            {
+                return ReconcileResult.Done; // deleted meanwhile
+            }
+
+            foreach (var action in plan.Actions.Where(a => a is DeleteImportClaim))
+            {
+                await ExecuteAsync(import, action, now, done, cancellationToken);
+            }
         }
-        catch (HttpOperationException e) when (e.Response.StatusCode == HttpStatusCode.NotFound)
+        finally
         {
-            return ReconcileResult.Done; // deleted meanwhile
+            foreach (var (reason, message) in done)
+            {
+                await events.NormalAsync(import, reason, message, cancellationToken);
+            }
         }
 
         if (previousReady?.Reason != plan.Reason || previousReady?.Status != (plan.State == ImportState.Succeeded ? Conditions.True : Conditions.False))
@@ -216,7 +236,9 @@ public sealed class NbdImportReconciler(
         };
     }
 
-    private async Task ExecuteAsync(NbdImport import, ImportAction action, DateTime now, CancellationToken cancellationToken)
+    /// <summary>Carries out <paramref name="action"/>; the event that records it is added to <paramref name="done"/>.</summary>
+    private async Task ExecuteAsync(NbdImport import, ImportAction action, DateTime now, List<(string Reason, string Message)> done,
+        CancellationToken cancellationToken)
     {
         var ns = import.Metadata.NamespaceProperty;
         try
@@ -225,23 +247,23 @@ public sealed class NbdImportReconciler(
             {
                 case CreateImportClaim c:
                     await client.CoreV1.CreateNamespacedPersistentVolumeClaimAsync(c.Claim, ns, cancellationToken: cancellationToken);
-                    await events.NormalAsync(import, "CreatedClaim", c.Why, cancellationToken);
+                    done.Add(("CreatedClaim", c.Why));
                     break;
                 case DeleteImportClaim d:
                     await client.CoreV1.DeleteNamespacedPersistentVolumeClaimAsync(d.Name, ns, cancellationToken: cancellationToken);
-                    await events.NormalAsync(import, "DeletedClaim", $"deleted PersistentVolumeClaim {d.Name}: {d.Why}", cancellationToken);
+                    done.Add(("DeletedClaim", $"deleted PersistentVolumeClaim {d.Name}: {d.Why}"));
                     break;
                 case ReleaseTarget r:
-                    await ReleaseAsync(import, r.ClaimName, cancellationToken);
+                    await ReleaseAsync(import, r.ClaimName, done, cancellationToken);
                     break;
                 case CreateImporterPod c:
                     _expected[import.Metadata.Uid] = (c.Pod.Metadata.Name, now);
                     await client.CoreV1.CreateNamespacedPodAsync(c.Pod, ns, cancellationToken: cancellationToken);
-                    await events.NormalAsync(import, "CreatedPod", $"created importer pod {c.Pod.Metadata.Name}", cancellationToken);
+                    done.Add(("CreatedPod", $"created importer pod {c.Pod.Metadata.Name}"));
                     break;
                 case DeleteImporterPod d:
                     await client.CoreV1.DeleteNamespacedPodAsync(d.Name, ns, cancellationToken: cancellationToken);
-                    await events.NormalAsync(import, "DeletedPod", $"deleted importer pod {d.Name}: {d.Why}", cancellationToken);
+                    done.Add(("DeletedPod", $"deleted importer pod {d.Name}: {d.Why}"));
                     break;
                 default:
                     throw new InvalidOperationException($"unknown action {action}");
@@ -258,7 +280,7 @@ public sealed class NbdImportReconciler(
     }
 
     /// <summary>Removes the import's owner reference from the target it created: from now on the PVC is the user's.</summary>
-    private async Task ReleaseAsync(NbdImport import, string claimName, CancellationToken cancellationToken)
+    private async Task ReleaseAsync(NbdImport import, string claimName, List<(string Reason, string Message)> done, CancellationToken cancellationToken)
     {
         var claim = claims.Cache.Get(import.Metadata.NamespaceProperty, claimName);
         var index = claim?.Metadata.OwnerReferences?.ToList().FindIndex(o => o.Uid == import.Metadata.Uid) ?? -1;
@@ -281,8 +303,7 @@ public sealed class NbdImportReconciler(
             return;
         }
 
-        await events.NormalAsync(import, "ReleasedTarget",
-            $"PersistentVolumeClaim {claimName} no longer belongs to the import: it stays when the import is deleted", cancellationToken);
+        done.Add(("ReleasedTarget", $"PersistentVolumeClaim {claimName} no longer belongs to the import: it stays when the import is deleted"));
     }
 
     private async Task<NbdExport?> ReadExportAsync(string ns, string name, CancellationToken cancellationToken)
