@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark of an end-to-end NbdImport (operator + pod runner + nbd-sidecar copy, on the local apiserver of the
-# integration tests) against nbdcopy doing the same copy directly (a benchmark, never a test).
+# integration tests) against nbdcopy doing the same copy directly (a benchmark, never a test). The importer makes its
+# copy durable before it reports success, so nbdcopy runs with --flush, as in copy-bench.sh.
 # The source: a SIZE image with 10% data (nbdkit sparse-random, kept sparse on disk) served by nbdkit's file
 # plugin over TCP on 127.0.0.1; the targets: a fresh sparse file of the same size (what the pod runner gives a
 # Block PVC). Rounds alternate; medians of elapsed seconds are printed with the ratio import / nbdcopy (the issue's
@@ -76,10 +77,10 @@ fi
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 : > "$WORK/nbdcopy.txt"; : > "$WORK/import.txt"; : > "$WORK/copy-only.txt"; : > "$WORK/process.txt"; : > "$WORK/overhead.txt"
 for round in $(seq "$ROUNDS"); do
-  # nbdcopy directly, into a fresh sparse file of the source's size.
+  # nbdcopy directly, into a fresh sparse file of the source's size, durable like the import's.
   rm -f "$WORK/direct.img"; truncate -s "$bytes" "$WORK/direct.img"
   start=$(date +%s.%N)
-  nbdcopy "$URL" "$WORK/direct.img"
+  nbdcopy --flush "$URL" "$WORK/direct.img"
   end=$(date +%s.%N)
   echo "$end - $start" | bc -l >> "$WORK/nbdcopy.txt"
   cmp "$WORK/source.img" "$WORK/direct.img"

@@ -1,4 +1,6 @@
 using System.Net;
+using System.Net.Sockets;
+using System.Text;
 using System.Text.Json;
 using Nbd.Copy;
 using NbdSidecar.Commands;
@@ -36,5 +38,52 @@ public class CopyProgressEndpointTests
 
         using var health = await http.GetAsync(new Uri($"http://{endpoint.Endpoint}/healthz"), Ct);
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+
+    [Fact]
+    public async Task BadRequests_GetErrorAnswers_AndAStalledClientDoesNotBlockOthers()
+    {
+        await using var endpoint = await CopyProgressEndpoint.StartAsync(new IPEndPoint(IPAddress.Loopback, 0), Ct);
+        using var http = new HttpClient();
+
+        // A client that connects and never sends a request.
+        using var stalled = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await stalled.ConnectAsync(IPEndPoint.Parse(endpoint.Endpoint), Ct);
+
+        using (var missing = await http.GetAsync(new Uri($"http://{endpoint.Endpoint}/nothing"), Ct))
+        {
+            Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
+        }
+
+        using (var post = await http.PostAsync(new Uri($"http://{endpoint.Endpoint}/progress"), new StringContent("x"), Ct))
+        {
+            Assert.Equal(HttpStatusCode.MethodNotAllowed, post.StatusCode);
+        }
+
+        Assert.StartsWith("HTTP/1.1 400 ", await RawAsync(endpoint.Endpoint, "not http at all\r\n\r\n"), StringComparison.Ordinal);
+        Assert.StartsWith("HTTP/1.1 200 ", await RawAsync(endpoint.Endpoint, "GET /healthz HTTP/1.0\n\n"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ABusyPort_FailsToStart()
+    {
+        await using var first = await CopyProgressEndpoint.StartAsync(new IPEndPoint(IPAddress.Loopback, 0), Ct);
+        await Assert.ThrowsAsync<SocketException>(() => CopyProgressEndpoint.StartAsync(IPEndPoint.Parse(first.Endpoint), Ct));
+    }
+
+    private static async Task<string> RawAsync(string endpoint, string request)
+    {
+        using var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(IPEndPoint.Parse(endpoint), Ct);
+        await socket.SendAsync(Encoding.ASCII.GetBytes(request), SocketFlags.None, Ct);
+        var buffer = new byte[4096];
+        var length = 0;
+        int read;
+        while ((read = await socket.ReceiveAsync(buffer.AsMemory(length), SocketFlags.None, Ct)) > 0)
+        {
+            length += read;
+        }
+
+        return Encoding.ASCII.GetString(buffer, 0, length);
     }
 }

@@ -276,7 +276,7 @@ internal static class CopyCommand
         {
             return await CopyProgressEndpoint.StartAsync(listen, cancellationToken).ConfigureAwait(false);
         }
-        catch (IOException e)
+        catch (System.Net.Sockets.SocketException e)
         {
             throw new UsageException($"cannot listen on --progress-listen {listen}: {e.Message}");
         }
