@@ -314,6 +314,26 @@ public class VolumePlannerTests
     }
 
     [Fact]
+    public void Decide_NoClaimAsked_AUsersClaimBindsTheVolume_ItStays_UntilReleased()
+    {
+        var export = VolumeExport(claimNamespace: null);
+        var volume = Decide(Serving(export)).Actions.OfType<CreatePersistentVolume>().Single().Volume;
+        volume.Spec.ClaimRef = new V1ObjectReference { Kind = "PersistentVolumeClaim", NamespaceProperty = "apps", Name = "users-claim", Uid = "uid-of-the-users-claim" };
+        volume.Status = new V1PersistentVolumeStatus { Phase = "Bound" };
+
+        var bound = Decide(Serving(export, volumes: [volume]));
+
+        Assert.DoesNotContain(bound.Actions, a => a is DeletePersistentVolume or CreatePersistentVolume or CreateVolumeClaim);
+        Assert.Equal(ExportReasons.VolumeReady, bound.Volume!.Reason);
+
+        volume.Status.Phase = "Released";
+        var released = Decide(Serving(export, volumes: [volume]));
+
+        Assert.Single(released.Actions.OfType<DeletePersistentVolume>());
+        Assert.Contains("released volume does not bind again", released.Volume!.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Decide_Deleting_DeletesClaimAndVolume_AndReleasesTheExportOnlyWhenNothingIsInUse()
     {
         var export = VolumeExport();
@@ -447,10 +467,21 @@ public class VolumeSpecValidatorTests
         spec.PersistentVolume = new ExportPersistentVolume
         {
             Name = "nbd.vms.disk",
-            NodeStageSecretRef = new SecretRef { Name = "export-ca", Namespace = "nbd-system" },
+            NodeStageSecretRef = new SecretRef { Name = "export-ca", Namespace = "vms" },
             Claim = new ExportVolumeClaim { Name = "disk.copy", Namespace = "workloads" },
         };
 
-        Assert.Empty(ExportSpecValidator.Validate(spec));
+        Assert.Empty(ExportSpecValidator.Validate(spec, "vms"));
+    }
+
+    [Fact]
+    public void Validate_StageSecretInAnotherNamespace_IsRefused()
+    {
+        var spec = Export().Spec;
+        spec.Tls = new ExportTls { SecretName = "server-tls" };
+        spec.PersistentVolume = new ExportPersistentVolume { NodeStageSecretRef = new SecretRef { Name = "ca", Namespace = "kube-system" } };
+
+        Assert.Contains(ExportSpecValidator.Validate(spec, "vms"),
+            e => e.Contains("nodeStageSecretRef.namespace 'kube-system' must be the export's own namespace 'vms'", StringComparison.Ordinal));
     }
 }

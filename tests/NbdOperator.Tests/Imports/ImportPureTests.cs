@@ -154,9 +154,10 @@ public class ImportBuildersTests
         });
         var args = ImportBuilders.ImporterArgs(import, Plain, blockMode: true, null, Settings);
         Assert.Equal(
-            ["copy", "nbd://source.example:10809/disk", "/dev/nbd-import", "--connections", "2", "--requests", "8", "--retries", "3",
+            ["copy", "nbd://source.example:10809/disk", "/dev/nbd-import", "--retries", "3",
              "--checkpoint", "/checkpoint/uid-vm-import.checkpoint", "--checkpoint-interval", "5", "--remove-checkpoint",
-             "--result-json", "/dev/termination-log", "--progress-listen", "0.0.0.0:9811", "--progress", "--verify"],
+             "--result-json", "/dev/termination-log", "--progress-listen", "0.0.0.0:9811", "--progress",
+             "--connections", "2", "--requests", "8", "--verify"],
             args);
     }
 
@@ -167,6 +168,9 @@ public class ImportBuildersTests
         Assert.Equal("/data", args[2]);
         Assert.Contains("/data/.nbd-import-uid-vm-import.checkpoint", args);
         Assert.DoesNotContain("--verify", args);
+        // No transfer settings: the copier's own defaults (they fit the node's CPUs and the memory limit).
+        Assert.DoesNotContain("--connections", args);
+        Assert.DoesNotContain("--requests", args);
     }
 
     [Fact]

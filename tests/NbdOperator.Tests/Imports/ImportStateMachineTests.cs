@@ -14,7 +14,8 @@ public class ImportStateMachineTests
 
     private static ImportObservation Observe(NbdImport? import = null, V1PersistentVolumeClaim? target = null, bool noTarget = false,
         long? probed = 4 * GiB, string? sourceError = null, IReadOnlyList<V1Pod>? pods = null, IReadOnlyList<V1Pod>? users = null,
-        NbdExport? export = null, ImporterProgress? progress = null, V1PersistentVolumeClaim? checkpoint = null, DateTime? now = null) => new()
+        NbdExport? export = null, ImporterProgress? progress = null, V1PersistentVolumeClaim? checkpoint = null, DateTime? now = null,
+        bool checkpointNameTaken = false) => new()
         {
             Import = import ?? Import(),
             Now = now ?? Now,
@@ -26,6 +27,7 @@ public class ImportStateMachineTests
             Export = export,
             Progress = progress,
             CheckpointClaim = checkpoint,
+            CheckpointNameTaken = checkpointNameTaken,
         };
 
     private static ImportPlan Decide(ImportObservation o) => ImportStateMachine.Decide(o, Settings);
@@ -43,6 +45,15 @@ public class ImportStateMachineTests
         Assert.Equal("0.00%", plan.Status.Progress);
         Assert.Equal("nbd://source.example:10809/disk", plan.Status.SourceUrl);
         Assert.Equal(Now, plan.Status.StartTime);
+    }
+
+    [Fact]
+    public void Decide_BlockTarget_CheckpointClaimNameTakenBySomeoneElse_IsAConflictAndNothingRuns()
+    {
+        var plan = Decide(Observe(checkpointNameTaken: true));
+        Assert.Equal(ImportReasons.TargetConflict, plan.Reason);
+        Assert.Empty(plan.Actions);
+        Assert.Contains("vm-import-checkpoint", plan.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -206,6 +217,22 @@ public class ImportStateMachineTests
         Assert.Equal(Settings.ProgressInterval, plan.RequeueAfter);
         Assert.Equal((Conditions.True, ImportReasons.Copying), (plan.Running.Status, plan.Running.Reason));
         Assert.Empty(plan.Actions);
+    }
+
+    [Fact]
+    public void Decide_ImporterBeingDeleted_TheNextAttemptWaitsUntilItIsGone()
+    {
+        var stopping = ImporterPod(Observe());
+        stopping.Metadata.DeletionTimestamp = Now.AddSeconds(-5);
+
+        var waiting = Decide(Observe(pods: [stopping]));
+
+        Assert.DoesNotContain(waiting.Actions, a => a is CreateImporterPod);
+        Assert.Equal(ImportReasons.Retrying, waiting.Reason);
+        Assert.Contains($"waiting for importer pod {stopping.Metadata.Name} to stop", waiting.Message, StringComparison.Ordinal);
+
+        var gone = Decide(Observe());
+        Assert.Contains(gone.Actions, a => a is CreateImporterPod);
     }
 
     [Fact]

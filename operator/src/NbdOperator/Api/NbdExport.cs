@@ -106,7 +106,7 @@ public sealed class SecretRef
     [JsonPropertyName("name")]
     public string Name { get; set; } = "";
 
-    [Description("Namespace of the Secret. Defaults to the export's namespace.")]
+    [Description("Namespace of the Secret: the export's own (the default); another namespace is refused.")]
     [Pattern(NbdApi.NamespacePattern)]
     [Length(1, 63)]
     [JsonPropertyName("namespace")]

@@ -11,7 +11,7 @@ public static class ExportSpecValidator
 {
     private static readonly HashSet<string> ServiceTypes = ["ClusterIP", "NodePort", "LoadBalancer"];
 
-    public static IReadOnlyList<string> Validate(NbdExportSpec? spec)
+    public static IReadOnlyList<string> Validate(NbdExportSpec? spec, string? exportNamespace = null)
     {
         var errors = new List<string>();
         if (spec is null)
@@ -83,13 +83,13 @@ public static class ExportSpecValidator
 
         if (spec.PersistentVolume is { } volume)
         {
-            ValidateVolume(spec, volume, errors);
+            ValidateVolume(spec, volume, exportNamespace, errors);
         }
 
         return errors;
     }
 
-    private static void ValidateVolume(NbdExportSpec spec, ExportPersistentVolume volume, List<string> errors)
+    private static void ValidateVolume(NbdExportSpec spec, ExportPersistentVolume volume, string? exportNamespace, List<string> errors)
     {
         if (volume.Name is { } name && !IsObjectName(name, 253))
         {
@@ -130,6 +130,11 @@ public static class ExportSpecValidator
             if (secret.Namespace is { } ns && !IsNamespace(ns))
             {
                 errors.Add($"spec.persistentVolume.nodeStageSecretRef.namespace '{ns}' is not a namespace name");
+            }
+            else if (secret.Namespace is { } other && exportNamespace is not null && other != exportNamespace)
+            {
+                // Kubelet hands the node plugin whatever Secret a PersistentVolume names: an export may only name its own.
+                errors.Add($"spec.persistentVolume.nodeStageSecretRef.namespace '{other}' must be the export's own namespace '{exportNamespace}'");
             }
         }
     }

@@ -54,7 +54,7 @@ public static class ExportStateMachine
             };
         }
 
-        var errors = ExportSpecValidator.Validate(export.Spec);
+        var errors = ExportSpecValidator.Validate(export.Spec, export.Metadata.NamespaceProperty);
         if (errors.Count > 0)
         {
             // A spec that became invalid must not keep being served under the old one.

@@ -113,7 +113,10 @@ public static class VolumePlanner
         {
             var why = Annotation(mine.Metadata, VolumeNames.VolumeHash) != desired.Metadata.Annotations[VolumeNames.VolumeHash]
                 ? "the export changed (endpoint, size, access or claim)"
-                : mine.Spec?.ClaimRef?.Uid is { Length: > 0 } boundUid && claim?.Metadata.Uid != boundUid
+                : mine.Spec?.ClaimRef?.Uid is { Length: > 0 } boundUid &&
+                  // Our claim: replaced when it is not the one bound. Without one, any user's claim may bind the
+                  // volume; only once that claim is gone (the volume Released) does it need replacing.
+                  (claimKey is null ? mine.Status?.Phase == "Released" : claim?.Metadata.Uid != boundUid)
                     ? "the claim it was bound to is gone, and a released volume does not bind again"
                     : null;
             if (why is not null)

@@ -126,8 +126,6 @@ public static class ImportBuilders
             "copy",
             source.Url,
             blockMode ? ImportLabels.DevicePath : ImportLabels.MountPath,
-            "--connections", (spec.Transfer?.Connections ?? 4).ToString(CultureInfo.InvariantCulture),
-            "--requests", (spec.Transfer?.Requests ?? 64).ToString(CultureInfo.InvariantCulture),
             "--retries", (spec.Transfer?.Retries ?? 5).ToString(CultureInfo.InvariantCulture),
             "--checkpoint", CheckpointPath(import, blockMode),
             "--checkpoint-interval", settings.CheckpointInterval.TotalSeconds.ToString("0.###", CultureInfo.InvariantCulture),
@@ -136,6 +134,17 @@ public static class ImportBuilders
             "--progress-listen", $"0.0.0.0:{ImportLabels.ProgressPort}",
             "--progress",
         };
+        // Unset transfer settings leave the copier's own defaults, which fit the node's CPUs and the memory limit.
+        if (spec.Transfer?.Connections is { } connections)
+        {
+            args.AddRange(["--connections", connections.ToString(CultureInfo.InvariantCulture)]);
+        }
+
+        if (spec.Transfer?.Requests is { } requests)
+        {
+            args.AddRange(["--requests", requests.ToString(CultureInfo.InvariantCulture)]);
+        }
+
         if (spec.Verify == true)
         {
             args.Add("--verify");
@@ -289,7 +298,7 @@ public static class ImportBuilders
             SeccompProfile = new V1SeccompProfile { Type = "RuntimeDefault" },
         };
 
-    /// <summary>Up to connections × requests × 256 KiB of buffers are in flight (64 MiB with the defaults).</summary>
+    /// <summary>Up to connections × requests × 1 MiB of buffers are in flight (16 MiB with the copier's defaults).</summary>
     public static V1ResourceRequirements DefaultResources() => new()
     {
         Requests = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("100m"), ["memory"] = new("128Mi") },

@@ -79,8 +79,11 @@ public sealed class ImportObservation
     /// <summary>The target PVC (the named one, or the one named after the import for a template).</summary>
     public V1PersistentVolumeClaim? TargetClaim { get; init; }
 
-    /// <summary>The checkpoint PVC of a Block-mode import.</summary>
+    /// <summary>The checkpoint PVC of a Block-mode import (only one this import created).</summary>
     public V1PersistentVolumeClaim? CheckpointClaim { get; init; }
+
+    /// <summary>A PVC with the checkpoint claim's name exists that this import did not create.</summary>
+    public bool CheckpointNameTaken { get; init; }
 
     /// <summary>Pods not owned by this import that use the target and have not finished.</summary>
     public IReadOnlyList<V1Pod> TargetUsers { get; init; } = [];

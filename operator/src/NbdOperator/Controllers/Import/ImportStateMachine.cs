@@ -194,6 +194,20 @@ public static class ImportStateMachine
                 return Terminal(status, ImportReasons.BackoffLimitExceeded,
                     $"{nextAttempt} importer pod(s) ended without success (spec.backoffLimit {spec.BackoffLimit ?? 6}){(previous.LastError is { } e ? $"; the last: {e}" : "")}");
             }
+
+            // A deleted or evicted importer may still be writing the target and its checkpoint during its grace
+            // period: the next attempt starts only once it is gone (its removal from the cache requeues us).
+            if (o.ImporterPods.FirstOrDefault(p => p.Metadata.DeletionTimestamp is not null) is { } stopping)
+            {
+                return new ImportPlan(ImportState.Retrying, ImportPhases.Running, ImportReasons.Retrying,
+                    $"waiting for importer pod {stopping.Metadata.Name} to stop before attempt {nextAttempt + 1}, which resumes from the checkpoint")
+                {
+                    Status = Stopped(status),
+                    RequeueAfter = settings.UnwatchedRecheck,
+                    Actions = stray,
+                    Running = (Conditions.False, ImportReasons.Retrying, $"waiting for importer pod {stopping.Metadata.Name} to stop"),
+                };
+            }
         }
 
         return PreFlight(o, settings, status, nextAttempt, stray);
@@ -300,6 +314,14 @@ public static class ImportStateMachine
             var users = string.Join(", ", o.TargetUsers.Select(p => p.Metadata.Name).Order(StringComparer.Ordinal));
             return Plan(ImportState.TargetRefused, ImportPhases.Failed, ImportReasons.TargetInUse,
                 $"PersistentVolumeClaim {ns}/{claimName} is in use by pod(s) {users}; an import never writes a disk someone else uses. Stop them (for a VM: stop it) and the import starts");
+        }
+
+        if (blockMode && o.CheckpointNameTaken)
+        {
+            // Never write a checkpoint into someone else's claim (and never clean it up later).
+            var checkpointName = ImportBuilders.CheckpointClaimName(import);
+            return Plan(ImportState.TargetRefused, ImportPhases.Failed, ImportReasons.TargetConflict,
+                $"PersistentVolumeClaim {ns}/{checkpointName}, the name of this import's checkpoint claim, exists and was not created by this import; rename the import or that claim");
         }
 
         if (blockMode && o.CheckpointClaim is null)

@@ -209,9 +209,8 @@ public sealed class NbdImportReconciler(
 
         var targetName = spec?.Target is null ? null : ImportBuilders.TargetClaimName(import);
         var target = targetName is null ? null : claims.Cache.Get(ns, targetName);
-        var checkpoint = claims.Cache.Get(ns, ImportBuilders.CheckpointClaimName(import)) is { } c && ImportStateMachine.IsOwnedBy(c.Metadata, import)
-            ? c
-            : null;
+        var checkpointName = claims.Cache.Get(ns, ImportBuilders.CheckpointClaimName(import));
+        var checkpoint = checkpointName is { } c && ImportStateMachine.IsOwnedBy(c.Metadata, import) ? c : null;
         var users = targetName is null
             ? []
             : pods.Cache.List(ns)
@@ -230,6 +229,7 @@ public sealed class NbdImportReconciler(
             SourceError = sourceError,
             TargetClaim = target,
             CheckpointClaim = checkpoint,
+            CheckpointNameTaken = checkpointName is not null && checkpoint is null,
             TargetUsers = users,
             ImporterPods = owned,
             Progress = progress,
