@@ -11,6 +11,20 @@ namespace Nbd.Copy;
 /// </summary>
 public sealed class DeviceEndpoint(IBlockDevice device, string name) : ICopyEndpoint
 {
+    /// <summary>
+    /// Creates a new sparse file of <paramref name="size"/> bytes for a copy to write. The copy's final flush makes
+    /// the data durable; syncing the folder here makes the new file's name durable too.
+    /// </summary>
+    public static void CreateSparseFile(string path, long size)
+    {
+        using (var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
+        {
+            stream.SetLength(size);
+        }
+
+        LinuxNative.SyncDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+    }
+
     /// <summary>How far behind a write its range is waited for and evicted from the page cache.</summary>
     private const long EvictBehind = 64L << 20;
 

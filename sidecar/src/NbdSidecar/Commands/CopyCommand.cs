@@ -373,11 +373,7 @@ internal static class CopyCommand
         }
     }
 
-    private static void CreateSparse(string path, long size)
-    {
-        using var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
-        stream.SetLength(size);
-    }
+    private static void CreateSparse(string path, long size) => DeviceEndpoint.CreateSparseFile(path, size);
 
     /// <summary>Counters the result JSON reports, updated as the copy runs.</summary>
     private sealed class Run
