@@ -18,6 +18,17 @@ public static class NbdApi
 
     /// <summary>A Go duration such as <c>90s</c>, <c>30m</c> or <c>2h30m</c> (what <c>kubectl</c> users write).</summary>
     public const string DurationPattern = "^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$";
+
+    /// <summary>The controller owner reference to one of our resources: its children go with it.</summary>
+    public static V1OwnerReference ControllerReference(string kind, V1ObjectMeta owner) => new()
+    {
+        ApiVersion = ApiVersion,
+        Kind = kind,
+        Name = owner.Name,
+        Uid = owner.Uid,
+        Controller = true,
+        BlockOwnerDeletion = true,
+    };
 }
 
 /// <summary>A custom resource with a status subresource, as the runtime's status writer sees it.</summary>

@@ -47,15 +47,7 @@ public static partial class ExportBuilders
     public static string Endpoint(NbdExport export, ResolvedExport resolved) =>
         $"{resolved.Scheme}://{resolved.ServiceName}.{export.Metadata.NamespaceProperty}.svc:{resolved.Port}/{resolved.ExportName}";
 
-    public static V1OwnerReference OwnerReference(NbdExport export) => new()
-    {
-        ApiVersion = NbdApi.ApiVersion,
-        Kind = NbdExport.KindName,
-        Name = export.Metadata.Name,
-        Uid = export.Metadata.Uid,
-        Controller = true,
-        BlockOwnerDeletion = true,
-    };
+    public static V1OwnerReference OwnerReference(NbdExport export) => NbdApi.ControllerReference(NbdExport.KindName, export.Metadata);
 
     public static Dictionary<string, string> Labels(NbdExport export, string component) => new()
     {

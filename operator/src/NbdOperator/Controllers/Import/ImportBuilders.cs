@@ -31,15 +31,7 @@ public static class ImportBuilders
         ? $"{ImportLabels.CheckpointMountPath}/{import.Metadata.Uid}.checkpoint"
         : $"{ImportLabels.MountPath}/.nbd-import-{import.Metadata.Uid}.checkpoint";
 
-    public static V1OwnerReference OwnerReference(NbdImport import) => new()
-    {
-        ApiVersion = NbdApi.ApiVersion,
-        Kind = NbdImport.KindName,
-        Name = import.Metadata.Name,
-        Uid = import.Metadata.Uid,
-        Controller = true,
-        BlockOwnerDeletion = true,
-    };
+    public static V1OwnerReference OwnerReference(NbdImport import) => NbdApi.ControllerReference(NbdImport.KindName, import.Metadata);
 
     public static Dictionary<string, string> Labels(NbdImport import, string component) => new()
     {
