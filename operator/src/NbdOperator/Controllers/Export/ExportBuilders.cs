@@ -122,12 +122,7 @@ public static partial class ExportBuilders
             },
             Resources = template?.Resources ?? DefaultResources(),
             TerminationMessagePolicy = "FallbackToLogsOnError",
-            SecurityContext = new V1SecurityContext
-            {
-                AllowPrivilegeEscalation = false,
-                ReadOnlyRootFilesystem = true,
-                Capabilities = new V1Capabilities { Drop = ["ALL"] },
-            },
+            SecurityContext = ContainerSecurity(),
         };
 
         var volumes = new List<V1Volume>
@@ -181,7 +176,7 @@ public static partial class ExportBuilders
                 Tolerations = template?.Tolerations is { } t ? [.. t] : null,
                 PriorityClassName = template?.PriorityClassName,
                 TerminationGracePeriodSeconds = 10,
-                SecurityContext = PodSecurity(resolved),
+                SecurityContext = PodSecurity(resolved.BlockMode),
             },
         };
 
@@ -217,7 +212,7 @@ public static partial class ExportBuilders
     /// unprivileged user; a raw block device's owner cannot be set that way, so Block mode runs as root
     /// (with no capabilities and no privilege escalation).
     /// </summary>
-    private static V1PodSecurityContext PodSecurity(ResolvedExport resolved) => resolved.BlockMode
+    public static V1PodSecurityContext PodSecurity(bool blockMode) => blockMode
         ? new V1PodSecurityContext { RunAsUser = 0, SeccompProfile = new V1SeccompProfile { Type = "RuntimeDefault" } }
         : new V1PodSecurityContext
         {
@@ -228,6 +223,14 @@ public static partial class ExportBuilders
             FsGroupChangePolicy = "OnRootMismatch",
             SeccompProfile = new V1SeccompProfile { Type = "RuntimeDefault" },
         };
+
+    /// <summary>Every container we run: no capabilities, no privilege escalation, a read-only root filesystem.</summary>
+    public static V1SecurityContext ContainerSecurity() => new()
+    {
+        AllowPrivilegeEscalation = false,
+        ReadOnlyRootFilesystem = true,
+        Capabilities = new V1Capabilities { Drop = ["ALL"] },
+    };
 
     public static V1ResourceRequirements DefaultResources() => new()
     {

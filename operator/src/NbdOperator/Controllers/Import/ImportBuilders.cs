@@ -197,12 +197,7 @@ public static class ImportBuilders
             Resources = template?.Resources ?? DefaultResources(),
             TerminationMessagePath = ImportLabels.TerminationLog,
             TerminationMessagePolicy = "FallbackToLogsOnError",
-            SecurityContext = new V1SecurityContext
-            {
-                AllowPrivilegeEscalation = false,
-                ReadOnlyRootFilesystem = true,
-                Capabilities = new V1Capabilities { Drop = ["ALL"] },
-            },
+            SecurityContext = ExportBuilders.ContainerSecurity(),
         };
 
         var volumes = new List<V1Volume>
@@ -272,23 +267,10 @@ public static class ImportBuilders
                 Tolerations = template?.Tolerations is { } t ? [.. t] : null,
                 PriorityClassName = template?.PriorityClassName,
                 TerminationGracePeriodSeconds = 30,
-                SecurityContext = PodSecurity(blockMode),
+                SecurityContext = ExportBuilders.PodSecurity(blockMode), // as the export's server
             },
         };
     }
-
-    /// <summary>As the export's server: non-root with fsGroup on a filesystem; root without capabilities for a raw device.</summary>
-    private static V1PodSecurityContext PodSecurity(bool blockMode) => blockMode
-        ? new V1PodSecurityContext { RunAsUser = 0, SeccompProfile = new V1SeccompProfile { Type = "RuntimeDefault" } }
-        : new V1PodSecurityContext
-        {
-            RunAsNonRoot = true,
-            RunAsUser = ExportLabels.NonRootUser,
-            RunAsGroup = ExportLabels.NonRootUser,
-            FsGroup = ExportLabels.NonRootUser,
-            FsGroupChangePolicy = "OnRootMismatch",
-            SeccompProfile = new V1SeccompProfile { Type = "RuntimeDefault" },
-        };
 
     /// <summary>Up to connections × requests × 1 MiB of buffers are in flight (16 MiB with the copier's defaults).</summary>
     public static V1ResourceRequirements DefaultResources() => new()
