@@ -21,8 +21,10 @@ help: ## List the targets
 
 .PHONY: build
 build: ## Build everything; leaves artifacts/sidecar/nbd-sidecar and artifacts/operator/nbd-operator
+	@tests/testenv/install-build-tools.sh
 	$(DOTNET) build NbdOperator.sln -c $(CONFIGURATION) -nologo -clp:NoSummary -v:q
-	$(DOTNET) publish sidecar/src/NbdSidecar -c $(CONFIGURATION) --use-current-runtime --self-contained false -nologo -v:q -o $(ARTIFACTS)/sidecar
+	rm -rf $(ARTIFACTS)/sidecar
+	$(DOTNET) publish sidecar/src/NbdSidecar -c $(CONFIGURATION) --use-current-runtime -nologo -v:q -o $(ARTIFACTS)/sidecar
 	$(DOTNET) publish operator/src/NbdOperator -c $(CONFIGURATION) --no-build -nologo -v:q -o $(ARTIFACTS)/operator
 
 .PHONY: deps

@@ -37,7 +37,7 @@ for tool in nbdkit nbdcopy python3 cmp; do
 done
 TESTS="$ROOT/tests/NbdOperator.Integration.Tests/bin/${CONFIGURATION:-Release}/net10.0/NbdOperator.Integration.Tests.dll"
 [ -f "$TESTS" ] || { echo "import-bench: $TESTS is missing (make build)" >&2; exit 1; }
-# The importer runs the sidecar as the image ships it (published ReadyToRun by make build), not the JIT build next to
+# The importer runs the sidecar as the image ships it (compiled ahead of time by make build), not the JIT build next to
 # the tests: its start-up is part of what users wait for.
 export NBD_SIDECAR="${NBD_SIDECAR:-$ROOT/artifacts/sidecar/nbd-sidecar}"
 [ -x "$NBD_SIDECAR" ] || { echo "import-bench: $NBD_SIDECAR is missing (make build)" >&2; exit 1; }

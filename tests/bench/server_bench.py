@@ -65,15 +65,15 @@ def can_connect(transport, address):
 class Server:
     """One server process exporting IMAGE as 'disk' over one transport."""
 
-    def __init__(self, kind, image, transport, workdir, sidecar):
+    def __init__(self, kind, image, transport, workdir, sidecar, baseline=None):
         self.kind = kind
         self.transport = transport
         self.sock = os.path.join(workdir, f"{kind}.sock")
         self.port = free_port()
         if os.path.exists(self.sock):
             os.unlink(self.sock)
-        if kind == "ours":
-            args = [sidecar, "serve", "--export", f"disk={image}", "--log-level", "warning"]
+        if kind in ("ours", "base"):
+            args = [sidecar if kind == "ours" else baseline, "serve", "--export", f"disk={image}", "--log-level", "warning"]
             args += ["--unix", self.sock] if transport == "unix" else ["--listen", f"127.0.0.1:{self.port}"]
         elif kind == "qemu-nbd":
             args = ["qemu-nbd", "-f", "raw", "-t", "-e", "0", "-x", "disk"]
@@ -203,6 +203,8 @@ def main():
     parser.add_argument("--only", default=None, help="run workloads whose name contains this text")
     parser.add_argument("--transports", default="unix,tcp")
     parser.add_argument("--dir", default=None, help="where images live (default: a folder under TMPDIR, kept)")
+    parser.add_argument("--baseline", default=None,
+                        help="another nbd-sidecar build, run alongside as 'base' for a before/after comparison")
     options = parser.parse_args()
 
     quick = options.quick
@@ -230,18 +232,18 @@ def main():
     if options.only:
         workloads = [w for w in workloads if options.only in w.name]
 
-    kinds = ["ours", "qemu-nbd", "nbdkit"]
+    kinds = ["ours", "qemu-nbd", "nbdkit"] + (["base"] if options.baseline else [])
     transports = options.transports.split(",")
     results = {}   # (workload, transport, kind) -> list of (throughput, cpu s/GiB)
     peak_rss = 0.0
     for transport in transports:
         for workload in workloads:
             for round_ in range(reps):
-                order = kinds[round_ % 3:] + kinds[:round_ % 3]
+                order = kinds[round_ % len(kinds):] + kinds[:round_ % len(kinds)]
                 for kind in order:
                     if workload.writes:
                         reset_target(workload.image, seq_size)
-                    server = Server(kind, workload.image, transport, workdir, options.sidecar)
+                    server = Server(kind, workload.image, transport, workdir, options.sidecar, options.baseline)
                     try:
                         warm_up(server.uri, workload.writes)
                         cpu0 = cpu_seconds(server.pid)
@@ -261,6 +263,8 @@ def main():
     print(f"rounds per cell: {reps} (median shown); ratios are ours / best of qemu-nbd and nbdkit")
     header = (f"{'transport':9} {'workload':28} {'ours':>10} {'qemu-nbd':>10} {'nbdkit':>10} {'ratio':>6}   "
               f"{'CPU-s/GiB ours':>14} {'qemu-nbd':>9} {'nbdkit':>9} {'ratio':>6}")
+    if options.baseline:
+        header += f"   {'base':>10} {'ours/base':>9} {'CPU ours/base':>13}"
     print(header)
     print("-" * len(header))
     for transport in transports:
@@ -273,7 +277,10 @@ def main():
             print(f"{transport:9} {workload.name:28} {fmt(med['ours'][0], unit):>10} {fmt(med['qemu-nbd'][0], unit):>10} "
                   f"{fmt(med['nbdkit'][0], unit):>10} {med['ours'][0] / best_throughput:6.2f}   "
                   f"{med['ours'][1]:14.3f} {med['qemu-nbd'][1]:9.3f} {med['nbdkit'][1]:9.3f} "
-                  f"{(med['ours'][1] / best_cpu) if best_cpu > 0 else float('inf'):6.2f}")
+                  f"{(med['ours'][1] / best_cpu) if best_cpu > 0 else float('inf'):6.2f}"
+                  + (f"   {fmt(med['base'][0], unit):>10} {med['ours'][0] / med['base'][0]:9.2f} "
+                     f"{(med['ours'][1] / med['base'][1]) if med['base'][1] > 0 else float('inf'):13.2f}"
+                     if options.baseline else ""))
     print()
     print(f"peak RSS of nbd-sidecar serve (VmHWM, max over all runs): {peak_rss:.0f} MiB")
 

@@ -75,12 +75,6 @@ public sealed record VolumeRecord
 /// </summary>
 public sealed class VolumeStateStore
 {
-    private static readonly JsonSerializerOptions Json = new()
-    {
-        WriteIndented = true,
-        Converters = { new JsonStringEnumConverter() },
-    };
-
     public VolumeStateStore(string directory)
     {
         Directory = Path.GetFullPath(directory);
@@ -110,7 +104,7 @@ public sealed class VolumeStateStore
 
             try
             {
-                var record = JsonSerializer.Deserialize<VolumeRecord>(File.ReadAllText(file), Json);
+                var record = JsonSerializer.Deserialize(File.ReadAllText(file), VolumeStateJson.Default.VolumeRecord);
                 if (record is not null)
                 {
                     result.Add(record);
@@ -129,18 +123,18 @@ public sealed class VolumeStateStore
     public void Save(VolumeRecord record)
     {
         ArgumentNullException.ThrowIfNull(record);
-        WriteAtomically(RecordPath(record.VolumeId), JsonSerializer.SerializeToUtf8Bytes(record, Json), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        WriteAtomically(RecordPath(record.VolumeId), JsonSerializer.SerializeToUtf8Bytes(record, VolumeStateJson.Default.VolumeRecord), UnixFileMode.UserRead | UnixFileMode.UserWrite);
     }
 
     /// <summary>Keeps the stage secrets for a restart, readable by root only.</summary>
     public void SaveSecrets(string volumeId, IReadOnlyDictionary<string, string> secrets) =>
-        WriteAtomically(SecretsPath(volumeId), JsonSerializer.SerializeToUtf8Bytes(secrets, Json), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        WriteAtomically(SecretsPath(volumeId), JsonSerializer.SerializeToUtf8Bytes(secrets, VolumeStateJson.Default.IReadOnlyDictionaryStringString), UnixFileMode.UserRead | UnixFileMode.UserWrite);
 
     public IReadOnlyDictionary<string, string> LoadSecrets(string volumeId)
     {
         var path = SecretsPath(volumeId);
         return File.Exists(path)
-            ? JsonSerializer.Deserialize<Dictionary<string, string>>(File.ReadAllBytes(path), Json) ?? []
+            ? JsonSerializer.Deserialize(File.ReadAllBytes(path), VolumeStateJson.Default.DictionaryStringString) ?? []
             : new Dictionary<string, string>();
     }
 
@@ -173,3 +167,13 @@ public sealed class VolumeStateStore
         File.Move(temporary, path, overwrite: true);
     }
 }
+
+/// <summary>
+/// The state files' JSON, generated at build time: the sidecar is compiled ahead of time (native AOT), where
+/// reflection-based serialization is not available.
+/// </summary>
+[JsonSourceGenerationOptions(WriteIndented = true, UseStringEnumConverter = true)]
+[JsonSerializable(typeof(VolumeRecord))]
+[JsonSerializable(typeof(IReadOnlyDictionary<string, string>))]
+[JsonSerializable(typeof(Dictionary<string, string>))]
+internal sealed partial class VolumeStateJson : JsonSerializerContext;
