@@ -31,6 +31,9 @@ public static class ImportReasons
     public const string Copying = "Copying";
     public const string Verifying = "Verifying";
     public const string Retrying = "Retrying";
+
+    /// <summary>The importer pod disappeared before it finished (deleted, evicted, node lost): a failed attempt.</summary>
+    public const string PodLost = "PodLost";
     public const string Succeeded = "Succeeded";
     public const string ImportFailed = "ImportFailed";
     public const string VerifyFailed = "VerifyFailed";
