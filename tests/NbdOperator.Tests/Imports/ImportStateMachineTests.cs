@@ -457,6 +457,29 @@ public class ImportStateMachineTests
     private static NbdImport KubernetesJsonCopy(NbdImport import) =>
         k8s.KubernetesJson.Deserialize<NbdImport>(k8s.KubernetesJson.Serialize(import));
 
+    [Theory]
+    [InlineData(ImportReasons.SourceNotFound, EventRecorder.Warning)]
+    [InlineData(ImportReasons.SecretNotFound, EventRecorder.Warning)]
+    [InlineData(ImportReasons.SourceUnreachable, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetNotFound, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetTooSmall, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetInUse, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetConflict, EventRecorder.Warning)]
+    [InlineData(ImportReasons.InvalidSpec, EventRecorder.Warning)]
+    [InlineData(ImportReasons.Retrying, EventRecorder.Warning)]
+    [InlineData(ImportReasons.PodLost, EventRecorder.Warning)]
+    [InlineData(ImportReasons.ImportFailed, EventRecorder.Warning)]
+    [InlineData(ImportReasons.VerifyFailed, EventRecorder.Warning)]
+    [InlineData(ImportReasons.BackoffLimitExceeded, EventRecorder.Warning)]
+    [InlineData(ImportReasons.SourceNotReady, EventRecorder.Normal)]
+    [InlineData(ImportReasons.PodPending, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Copying, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Verifying, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Succeeded, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Terminating, EventRecorder.Normal)]
+    public void EventType_ProblemsAreWarnings_ProgressIsNormal(string reason, string type) =>
+        Assert.Equal(type, ImportReasons.EventType(reason));
+
     [Fact]
     public void Decide_KilledPodWithoutResult_IsRetriedWithTheLogTail()
     {
