@@ -426,6 +426,70 @@ public class ImportFlowTests(KubeFixture fixture)
         var noServer = await c.WaitForImportReasonAsync("no-server", ImportReasons.SourceUnreachable);
         Assert.Equal(ImportPhases.Pending, noServer.Status!.Phase);
         Assert.Empty((await c.Client.CoreV1.ListNamespacedPodAsync(c.Namespace, cancellationToken: Ct)).Items);
+
+        // Something missing is a problem to look at: Warning events, as kubelet's FailedMount for a missing Secret.
+        await Wait.UntilAsync("the SourceNotFound and SourceUnreachable events", async () =>
+        {
+            var events = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items;
+            return events.Any(e => e.InvolvedObject.Name == "no-export" && e.Reason == ImportReasons.SourceNotFound) &&
+                   events.Any(e => e.InvolvedObject.Name == "no-server" && e.Reason == ImportReasons.SourceUnreachable);
+        });
+        var recorded = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items;
+        Assert.All(recorded.Where(e => e.Reason is ImportReasons.SourceNotFound or ImportReasons.SourceUnreachable),
+            e => Assert.Equal(EventRecorder.Warning, e.Type));
+    }
+
+    [Fact]
+    public async Task ImporterPodDeletedWhileRunning_CountsAsAFailedAttemptUpToTheBackoffLimit()
+    {
+        await using var c = await TestCluster.CreateAsync(fixture, "imp-lost", realServer: true);
+        var source = await TempImageAsync(SparseImage(32 * MiB, seed: 17));
+        try
+        {
+            // 256 kbit/s: each attempt runs far longer than the test needs to delete its pod.
+            await using var nbdkit = await Nbdkit.StartAsync(source, ["rate"], "rate=256K");
+            await c.CreateClaimAsync("target", mode: "Filesystem", size: "64Mi");
+            await c.StartOperatorAsync();
+            var created = await c.CreateImportAsync("lost", s =>
+            {
+                s.Source = new ImportSource { Nbd = new NbdUrlSource { Url = nbdkit.Url } };
+                s.Target = new ImportTarget { PersistentVolumeClaim = new PvcSource { ClaimName = "target" } };
+                s.BackoffLimit = 1;
+            });
+
+            for (var attempt = 0; attempt <= 1; attempt++)
+            {
+                var pod = ImportBuilders.PodName(created, attempt);
+                await c.WaitForImportAsync("lost", $"attempt {attempt + 1} running in {pod}", i =>
+                    i.Status!.PodName == pod && Conditions.IsTrue(i.Status.Conditions, ImportReasons.RunningCondition));
+                // Deleted with no grace period: the pod object is gone at once, as after a lost node's pods are collected.
+                await c.Client.CoreV1.DeleteNamespacedPodAsync(pod, c.Namespace, new V1DeleteOptions { GracePeriodSeconds = 0 }, cancellationToken: Ct);
+            }
+
+            var failed = await c.WaitForImportReasonAsync("lost", ImportReasons.BackoffLimitExceeded);
+            Assert.Equal(ImportPhases.Failed, failed.Status!.Phase);
+            Assert.Equal(2, failed.Status.FailedAttempts);
+            Assert.Contains($"importer pod {ImportBuilders.PodName(created, 1)} disappeared while it was running", failed.Status.LastError, StringComparison.Ordinal);
+            Assert.DoesNotContain((await c.Client.CoreV1.ListNamespacedPodAsync(c.Namespace, cancellationToken: Ct)).Items,
+                p => p.Metadata.Name == ImportBuilders.PodName(created, 2));
+
+            await Wait.UntilAsync("the PodLost and BackoffLimitExceeded events", async () =>
+            {
+                var events = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items;
+                return events.Any(e => e.Reason == ImportReasons.PodLost) && events.Any(e => e.Reason == ImportReasons.BackoffLimitExceeded);
+            });
+            var recorded = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items
+                .Where(e => e.InvolvedObject.Kind == NbdImport.KindName).ToList();
+            Assert.All(recorded.Where(e => e.Reason is ImportReasons.PodLost or ImportReasons.Retrying or ImportReasons.BackoffLimitExceeded),
+                e => Assert.Equal(EventRecorder.Warning, e.Type));
+            Assert.Contains(recorded, e => e.Reason == ImportReasons.PodLost && e.Message.Contains(ImportBuilders.PodName(created, 0), StringComparison.Ordinal));
+            Assert.All(recorded.Where(e => e.Reason is ImportReasons.PodPending or ImportReasons.Copying or "CreatedPod"),
+                e => Assert.Equal(EventRecorder.Normal, e.Type));
+        }
+        finally
+        {
+            File.Delete(source);
+        }
     }
 
     [Fact]

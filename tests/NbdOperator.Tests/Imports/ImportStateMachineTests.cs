@@ -308,6 +308,178 @@ public class ImportStateMachineTests
         Assert.Contains("read failed at 4096", retry.Message, StringComparison.Ordinal);
     }
 
+    /// <summary>The import's status while importer pod 0 runs (its creation and its progress written as the reconciler writes them).</summary>
+    private static (NbdImport Import, V1Pod Pod) RunningImport(NbdImport import)
+    {
+        var pod = ImporterPod(Observe(import));
+        var created = Decide(Observe(import));
+        import = After(import, created);
+        var running = Decide(Observe(import, pods: [pod], progress: new ImporterProgress(4 * GiB, GiB, 0, 1, 1, 0, "copying")));
+        Assert.Equal(ImportReasons.Copying, running.Reason);
+        return (After(import, running), pod);
+    }
+
+    [Fact]
+    public void Decide_RunningImporterVanished_CountsAFailedAttemptAndWaitsOutTheBackoff()
+    {
+        var (import, _) = RunningImport(Import());
+
+        // The pod is gone from the cache (force-deleted, node lost) without the operator deleting it.
+        var lost = Decide(Observe(import, pods: []));
+        Assert.Equal(ImportState.Retrying, lost.State);
+        Assert.Equal(ImportPhases.Running, lost.Phase);
+        Assert.Equal(ImportReasons.PodLost, lost.Reason);
+        Assert.Equal(1, lost.Status.FailedAttempts);
+        Assert.Equal("importer pod vm-import-importer-0 disappeared while it was running (deleted, evicted, or its node was lost)", lost.Status.LastError);
+        Assert.Equal(ImportStateMachine.RetryDelay(0, Settings), lost.RequeueAfter);
+        Assert.DoesNotContain(lost.Actions, a => a is CreateImporterPod);
+        Assert.Equal((Conditions.False, ImportReasons.PodLost), (lost.Running.Status, lost.Running.Reason));
+
+        // Inside the backoff nothing starts, and the loss is not counted again.
+        var after = After(import, lost);
+        var waiting = Decide(Observe(after, pods: [], now: Now + (Settings.RetryDelay / 2)));
+        Assert.Equal(ImportReasons.PodLost, waiting.Reason);
+        Assert.Equal(1, waiting.Status.FailedAttempts);
+        Assert.Equal(Settings.RetryDelay / 2, waiting.RequeueAfter);
+        Assert.Empty(waiting.Actions);
+
+        // Then attempt 2 resumes in a new pod, announced as a retry with the loss as its reason.
+        var retry = Decide(Observe(After(after, waiting), pods: [], now: Now + Settings.RetryDelay));
+        Assert.Equal(ImportReasons.Retrying, retry.Reason);
+        Assert.Equal(1, retry.Status.FailedAttempts);
+        Assert.Equal("vm-import-importer-1", retry.Actions.OfType<CreateImporterPod>().Single().Pod.Metadata.Name);
+        Assert.Contains("disappeared while it was running", retry.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Decide_PendingImporterVanished_IsAFailedAttemptToo()
+    {
+        var import = Import();
+        var created = Decide(Observe(import));
+        import = After(import, created);
+
+        // Created, never seen running, now gone (the reconciler's wait for the cache to show it has run out).
+        var lost = Decide(Observe(import, pods: []));
+        Assert.Equal(ImportReasons.PodLost, lost.Reason);
+        Assert.Equal(1, lost.Status.FailedAttempts);
+        Assert.Contains("disappeared while it was pending", lost.Status.LastError, StringComparison.Ordinal);
+        Assert.DoesNotContain(lost.Actions, a => a is CreateImporterPod);
+    }
+
+    [Fact]
+    public void Decide_ImportersKeepVanishing_StopsAtTheBackoffLimit()
+    {
+        var import = Import(configure: s => s.BackoffLimit = 1);
+        var (running, _) = RunningImport(import);
+        var now = Now;
+        var status = running;
+        for (var attempt = 1; attempt <= 5; attempt++)
+        {
+            now += Settings.MaxRetryDelay;
+            var plan = Decide(Observe(status, pods: [], now: now));
+            if (plan.State == ImportState.Failed)
+            {
+                Assert.Equal(ImportReasons.BackoffLimitExceeded, plan.Reason);
+                Assert.Equal(ImportPhases.Failed, plan.Phase);
+                Assert.Equal(2, plan.Status.FailedAttempts);
+                Assert.Contains("disappeared while it was running", plan.Message, StringComparison.Ordinal);
+                Assert.Empty(plan.Actions);
+                return;
+            }
+
+            status = After(status, plan);
+            if (plan.Actions.OfType<CreateImporterPod>().SingleOrDefault() is { } create)
+            {
+                // The replacement runs for a while, and vanishes as well.
+                var pod = create.Pod;
+                pod.Status = new V1PodStatus { Phase = "Running", PodIP = "10.1.2.4", StartTime = now };
+                status = After(status, Decide(Observe(status, pods: [pod], now: now, progress: new ImporterProgress(4 * GiB, 1, 0, 1, 1, 0, "copying"))));
+            }
+        }
+
+        Assert.Fail("vanishing importers were replaced without end");
+    }
+
+    [Fact]
+    public void Decide_ImporterDeletedBySomeoneWhileRunning_CountsOnceAndWaitsForItToStop()
+    {
+        var (import, pod) = RunningImport(Import());
+        pod.Metadata.DeletionTimestamp = Now;
+
+        var lost = Decide(Observe(import, pods: [pod]));
+        Assert.Equal(ImportReasons.PodLost, lost.Reason);
+        Assert.Equal(1, lost.Status.FailedAttempts);
+
+        // The backoff is over but the pod still stops: wait for it, still one failure.
+        var after = After(import, lost);
+        var stopping = Decide(Observe(after, pods: [pod], now: Now + Settings.RetryDelay));
+        Assert.Equal(ImportReasons.Retrying, stopping.Reason);
+        Assert.Equal(1, stopping.Status.FailedAttempts);
+        Assert.DoesNotContain(stopping.Actions, a => a is CreateImporterPod);
+
+        var gone = Decide(Observe(After(after, stopping), pods: [], now: Now + Settings.RetryDelay));
+        Assert.Equal(1, gone.Status.FailedAttempts);
+        Assert.Equal("vm-import-importer-1", gone.Actions.OfType<CreateImporterPod>().Single().Pod.Metadata.Name);
+    }
+
+    [Fact]
+    public void Decide_ImporterTheOperatorDeletedForAnInvalidSpec_IsNotCounted()
+    {
+        var (import, pod) = RunningImport(Import());
+        var invalid = KubernetesJsonCopy(import);
+        var target = invalid.Spec.Target;
+        invalid.Spec.Target = new ImportTarget();
+        var stop = Decide(Observe(invalid, pods: [pod]));
+        Assert.Equal(ImportReasons.InvalidSpec, stop.Reason);
+        Assert.Contains(new DeleteImporterPod(pod.Metadata.Name, "the spec is invalid"), stop.Actions);
+
+        // The spec is fixed once the pod is gone: the first attempt starts again, no failure counted.
+        var fixedImport = After(invalid, stop);
+        fixedImport.Spec.Target = target;
+        var plan = Decide(Observe(fixedImport, pods: []));
+        Assert.Null(plan.Status.FailedAttempts);
+        Assert.Equal("vm-import-importer-0", plan.Actions.OfType<CreateImporterPod>().Single().Pod.Metadata.Name);
+    }
+
+    [Fact]
+    public void Decide_SucceededImportWhosePodTheOperatorDeleted_IsNotCounted()
+    {
+        var (import, pod) = RunningImport(Import());
+        pod.Status = ImporterPod(Observe(), "Succeeded", exitCode: 0, message: ResultOk).Status;
+        var succeeded = After(import, Decide(Observe(import, pods: [pod])));
+
+        var plan = Decide(Observe(succeeded, pods: []));
+        Assert.Equal(ImportState.Succeeded, plan.State);
+        Assert.Equal(0, plan.Status.FailedAttempts ?? 0);
+        Assert.DoesNotContain(plan.Actions, a => a is CreateImporterPod);
+    }
+
+    private static NbdImport KubernetesJsonCopy(NbdImport import) =>
+        k8s.KubernetesJson.Deserialize<NbdImport>(k8s.KubernetesJson.Serialize(import));
+
+    [Theory]
+    [InlineData(ImportReasons.SourceNotFound, EventRecorder.Warning)]
+    [InlineData(ImportReasons.SecretNotFound, EventRecorder.Warning)]
+    [InlineData(ImportReasons.SourceUnreachable, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetNotFound, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetTooSmall, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetInUse, EventRecorder.Warning)]
+    [InlineData(ImportReasons.TargetConflict, EventRecorder.Warning)]
+    [InlineData(ImportReasons.InvalidSpec, EventRecorder.Warning)]
+    [InlineData(ImportReasons.Retrying, EventRecorder.Warning)]
+    [InlineData(ImportReasons.PodLost, EventRecorder.Warning)]
+    [InlineData(ImportReasons.ImportFailed, EventRecorder.Warning)]
+    [InlineData(ImportReasons.VerifyFailed, EventRecorder.Warning)]
+    [InlineData(ImportReasons.BackoffLimitExceeded, EventRecorder.Warning)]
+    [InlineData(ImportReasons.SourceNotReady, EventRecorder.Normal)]
+    [InlineData(ImportReasons.PodPending, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Copying, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Verifying, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Succeeded, EventRecorder.Normal)]
+    [InlineData(ImportReasons.Terminating, EventRecorder.Normal)]
+    public void EventType_ProblemsAreWarnings_ProgressIsNormal(string reason, string type) =>
+        Assert.Equal(type, ImportReasons.EventType(reason));
+
     [Fact]
     public void Decide_KilledPodWithoutResult_IsRetriedWithTheLogTail()
     {

@@ -31,6 +31,9 @@ public static class ImportReasons
     public const string Copying = "Copying";
     public const string Verifying = "Verifying";
     public const string Retrying = "Retrying";
+
+    /// <summary>The importer pod disappeared before it finished (deleted, evicted, node lost): a failed attempt.</summary>
+    public const string PodLost = "PodLost";
     public const string Succeeded = "Succeeded";
     public const string ImportFailed = "ImportFailed";
     public const string VerifyFailed = "VerifyFailed";
@@ -40,6 +43,20 @@ public static class ImportReasons
     /// <summary>Reasons of the Running condition when no copy runs.</summary>
     public const string NotStarted = "NotStarted";
     public const string Finished = "Finished";
+
+    /// <summary>
+    /// Reasons that report a problem (a failure, a refusal, a retry, something missing): their events are of type
+    /// Warning. Progress and success (pending, copying, verifying, succeeded, waiting for an export to get ready,
+    /// terminating) are Normal.
+    /// </summary>
+    public static readonly IReadOnlySet<string> Problems = new HashSet<string>
+    {
+        InvalidSpec, SourceNotFound, SourceUnreachable, SecretNotFound, TargetNotFound, TargetConflict, TargetTooSmall, TargetInUse,
+        Retrying, PodLost, ImportFailed, VerifyFailed, BackoffLimitExceeded,
+    };
+
+    /// <summary>The core/v1 Event type for a condition reason: Warning for <see cref="Problems"/>, else Normal.</summary>
+    public static string EventType(string reason) => Problems.Contains(reason) ? Runtime.EventRecorder.Warning : Runtime.EventRecorder.Normal;
 
     /// <summary>Failed imports that stay failed (delete and recreate the import to try again).</summary>
     public static readonly IReadOnlySet<string> Terminal = new HashSet<string> { ImportFailed, VerifyFailed, BackoffLimitExceeded };

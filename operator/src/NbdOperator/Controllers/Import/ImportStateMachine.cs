@@ -18,7 +18,8 @@ namespace NbdOperator.Controllers.Import;
 ///        ▼ pre-flight passed: target (and Block checkpoint) PVC created, importer pod N created
 ///   Starting ──pod runs──► Copying ──exit 0──► Succeeded (terminal; the pod goes, a created PVC is released)
 ///                             │
-///                             └──exit ≠ 0──► Retrying ──backoff──► pod N+1 (resumes from the checkpoint)
+///                             ├──exit ≠ 0──► Retrying ──backoff──► pod N+1 (resumes from the checkpoint)
+///                             └──pod gone (deleted, evicted, node lost; not by the operator)──► PodLost ──backoff──► pod N+1
 ///                                    └── usage error, verify mismatch, bad checkpoint, or backoffLimit ──► Failed (terminal)
 /// </code>
 /// </summary>
@@ -185,14 +186,44 @@ public static class ImportStateMachine
         }
         else
         {
-            // No live importer: the first attempt, or one after a pod that vanished (evicted, deleted) counted as failed.
-            var seen = o.ImporterPods.Select(ImportBuilders.AttemptOf).Where(a => a is not null).Select(a => a!.Value + 1).DefaultIfEmpty(0).Max();
-            nextAttempt = Math.Max(previous.FailedAttempts ?? 0, seen);
+            // No live importer: the first attempt, a replacement after a failure, or one after the status's importer
+            // vanished. Each counted failure is in FailedAttempts, so the next attempt's number is that count.
+            nextAttempt = previous.FailedAttempts ?? 0;
+            var limit = spec.BackoffLimit ?? 6;
+            if (LostImporter(o, live) is { } lost)
+            {
+                // Deleted by someone, evicted, or gone with its node: a failed attempt like any other.
+                nextAttempt = lost.Attempt + 1;
+                status.FailedAttempts = nextAttempt;
+                status.LastError = $"importer pod {lost.Name} disappeared while {lost.While} (deleted, evicted, or its node was lost)";
+                if (nextAttempt > limit)
+                {
+                    return Terminal(status, ImportReasons.BackoffLimitExceeded,
+                        $"{nextAttempt} importer pod(s) ended without success (spec.backoffLimit {limit}); the last: {status.LastError}");
+                }
+
+                return PodLost(status, RetryDelay(lost.Attempt, settings), nextAttempt, limit, stray);
+            }
+
             status.FailedAttempts = nextAttempt == 0 ? null : nextAttempt;
-            if (nextAttempt > (spec.BackoffLimit ?? 6))
+            if (nextAttempt > limit)
             {
                 return Terminal(status, ImportReasons.BackoffLimitExceeded,
-                    $"{nextAttempt} importer pod(s) ended without success (spec.backoffLimit {spec.BackoffLimit ?? 6}){(previous.LastError is { } e ? $"; the last: {e}" : "")}");
+                    $"{nextAttempt} importer pod(s) ended without success (spec.backoffLimit {limit}){(previous.LastError is { } e ? $"; the last: {e}" : "")}");
+            }
+
+            // After a lost importer, the replacement waits out the same backoff as after a failed one. The wait started
+            // when the loss was seen: the Running condition turned False then (for an importer lost while still
+            // pending it had been False before, and the wait is counted from then).
+            var runningCondition = Conditions.Find(previous.Conditions, ImportReasons.RunningCondition);
+            if (runningCondition?.Reason == ImportReasons.PodLost && nextAttempt > 0)
+            {
+                var since = runningCondition.LastTransitionTime;
+                var wait = since + RetryDelay(nextAttempt - 1, settings) - o.Now;
+                if (wait > TimeSpan.Zero)
+                {
+                    return PodLost(status, wait, nextAttempt, limit, stray);
+                }
             }
 
             // A deleted or evicted importer may still be writing the target and its checkpoint during its grace
@@ -211,6 +242,45 @@ public static class ImportStateMachine
         }
 
         return PreFlight(o, settings, status, nextAttempt, stray);
+    }
+
+    /// <summary>
+    /// The importer pod the status names as pending or running (its attempt not counted as failed yet) when it is no
+    /// longer live: it disappeared, or is being deleted, without the operator deleting it. The operator deletes a
+    /// pending or running importer only when the import succeeded, failed for good, or is deleted (handled before
+    /// this is asked) or when the spec turned invalid (whose status no longer says an importer runs).
+    /// </summary>
+    private static (string Name, int Attempt, string While)? LostImporter(ImportObservation o, List<V1Pod> live)
+    {
+        var previous = o.Import.Status;
+        var running = Conditions.Find(previous?.Conditions, ImportReasons.RunningCondition);
+        if (previous?.PodName is not { } name ||
+            running?.Reason is not (ImportReasons.PodPending or ImportReasons.Copying or ImportReasons.Verifying))
+        {
+            return null;
+        }
+
+        var attempt = previous.FailedAttempts ?? 0;
+        if (name != ImportBuilders.PodName(o.Import, attempt) || live.Any(p => p.Metadata.Name == name))
+        {
+            return null;
+        }
+
+        return (name, attempt, running.Reason == ImportReasons.PodPending ? "it was pending" : "it was running");
+    }
+
+    /// <summary>Waiting out the backoff after an importer pod disappeared; the next attempt resumes from the checkpoint.</summary>
+    private static ImportPlan PodLost(NbdImportStatus status, TimeSpan wait, int nextAttempt, int limit, List<ImportAction> actions)
+    {
+        var seconds = Math.Ceiling(wait.TotalSeconds);
+        return new ImportPlan(ImportState.Retrying, ImportPhases.Running, ImportReasons.PodLost,
+            $"{status.LastError}; counted as failed attempt {nextAttempt}; attempt {nextAttempt + 1} of {limit + 1} starts in {seconds}s and resumes from the checkpoint")
+        {
+            Status = Stopped(status),
+            RequeueAfter = wait,
+            Actions = actions,
+            Running = (Conditions.False, ImportReasons.PodLost, $"{status.LastError}; waiting {seconds}s to replace it"),
+        };
     }
 
     /// <summary>Everything that must hold before an importer pod is created; creates it when it all does.</summary>
@@ -335,11 +405,15 @@ public static class ImportStateMachine
         status.PodName = pod.Metadata.Name;
         status.StartTime ??= Conditions.TruncateToSeconds(o.Now);
         // A replacement is announced as a retry (with the failure), so that every failed attempt shows in the events.
+        // The Running condition says a pod is pending from now on: should it disappear before it is seen, it counts.
+        var created = (Conditions.False, ImportReasons.PodPending, $"importer pod {pod.Metadata.Name} created");
         return attempt == 0
             ? Plan(ImportState.Starting, ImportPhases.Pending, ImportReasons.PodPending,
-                $"creating importer pod {pod.Metadata.Name} to copy {source.Url} ({ImportSizing.Human(size.Value)}) into PersistentVolumeClaim {claimName}")
+                $"creating importer pod {pod.Metadata.Name} to copy {source.Url} ({ImportSizing.Human(size.Value)}) into PersistentVolumeClaim {claimName}") with
+            { Running = created }
             : Plan(ImportState.Retrying, ImportPhases.Running, ImportReasons.Retrying,
-                $"attempt {attempt} failed ({status.LastError ?? "the importer pod ended without success"}); created importer pod {pod.Metadata.Name} (attempt {attempt + 1} of {(spec.BackoffLimit ?? 6) + 1}), which resumes from the checkpoint");
+                $"attempt {attempt} failed ({status.LastError ?? "the importer pod ended without success"}); created importer pod {pod.Metadata.Name} (attempt {attempt + 1} of {(spec.BackoffLimit ?? 6) + 1}), which resumes from the checkpoint") with
+            { Running = created };
 
         ImportPlan Plan(ImportState state, string phase, string reason, string message) =>
             new(state, phase, reason, message) { Status = status, Actions = actions };

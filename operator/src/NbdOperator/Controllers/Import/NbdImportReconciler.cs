@@ -113,8 +113,7 @@ public sealed class NbdImportReconciler(
 
         if (previousReady?.Reason != plan.Reason || previousReady?.Status != (plan.State == ImportState.Succeeded ? Conditions.True : Conditions.False))
         {
-            var type = plan.Phase == ImportPhases.Failed || plan.Reason == ImportReasons.Retrying ? EventRecorder.Warning : EventRecorder.Normal;
-            await events.RecordAsync(import, type, plan.Reason, plan.Message, cancellationToken);
+            await events.RecordAsync(import, ImportReasons.EventType(plan.Reason), plan.Reason, plan.Message, cancellationToken);
         }
 
         if (status.ResumedFrom is > 0 and var resumed && status.PodName is { } podName &&
