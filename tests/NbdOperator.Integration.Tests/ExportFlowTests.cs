@@ -64,6 +64,13 @@ public class ExportFlowTests(KubeFixture fixture)
         claim.Metadata.Annotations.Remove(PodRunner.BindAnnotation);
         await c.Client.CoreV1.ReplaceNamespacedPersistentVolumeClaimAsync(claim, "later", c.Namespace, cancellationToken: Ct);
         await c.WaitForReasonAsync("e", ExportReasons.Ready);
+
+        // A missing source is a problem for the user (Warning); waiting for a binding and serving are not.
+        var events = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items
+            .Where(e => e.InvolvedObject.Name == "e").ToList();
+        Assert.Contains(events, e => e.Reason == ExportReasons.SourceNotFound && e.Type == EventRecorder.Warning);
+        Assert.Contains(events, e => e.Reason == ExportReasons.SourceNotBound && e.Type == EventRecorder.Normal);
+        Assert.Contains(events, e => e.Reason == ExportReasons.Ready && e.Type == EventRecorder.Normal);
     }
 
     [Fact]

@@ -484,4 +484,25 @@ public class ExportStateMachineTests
 
         Assert.Equal(new SnapshotInfo(true, true, 2147483648, "vm-disk", "none"), NbdExportReconciler.ParseSnapshot(json));
     }
+
+    [Theory]
+    [InlineData(ExportReasons.InvalidSpec, EventRecorder.Warning)]
+    [InlineData(ExportReasons.SourceNotFound, EventRecorder.Warning)]
+    [InlineData(ExportReasons.SourceInUse, EventRecorder.Warning)]
+    [InlineData(ExportReasons.SecretNotFound, EventRecorder.Warning)]
+    [InlineData(ExportReasons.ServiceConflict, EventRecorder.Warning)]
+    [InlineData(ExportReasons.ServerFailed, EventRecorder.Warning)]
+    [InlineData(ExportReasons.DiskImageMissing, EventRecorder.Warning)]
+    [InlineData(ExportReasons.VolumeConflict, EventRecorder.Warning)]
+    [InlineData(ExportReasons.ExportSizeUnknown, EventRecorder.Warning)]
+    [InlineData(ExportReasons.SourceNotBound, EventRecorder.Normal)]
+    [InlineData(ExportReasons.SnapshotNotReady, EventRecorder.Normal)]
+    [InlineData(ExportReasons.PodPending, EventRecorder.Normal)]
+    [InlineData(ExportReasons.PodRolling, EventRecorder.Normal)]
+    [InlineData(ExportReasons.Ready, EventRecorder.Normal)]
+    [InlineData(ExportReasons.Expired, EventRecorder.Normal)]
+    [InlineData(ExportReasons.Terminating, EventRecorder.Normal)]
+    [InlineData(ExportReasons.VolumeReady, EventRecorder.Normal)]
+    public void EventType_ProblemsAreWarnings_ProgressIsNormal(string reason, string type) =>
+        Assert.Equal(type, ExportReasons.EventType(reason));
 }

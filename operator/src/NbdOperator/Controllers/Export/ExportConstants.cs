@@ -38,6 +38,16 @@ public static class ExportReasons
     public const string ExportSizeUnknown = "ExportSizeUnknown";
     public const string VolumeReplacing = "PersistentVolumeReplacing";
     public const string VolumeRemoving = "PersistentVolumeRemoving";
+
+    /// <summary>Reasons that report a problem for the user to act on; their events are Warnings.</summary>
+    public static readonly IReadOnlySet<string> Problems = new HashSet<string>
+    {
+        InvalidSpec, SourceNotFound, SourceInUse, SecretNotFound, ServiceConflict, ServerFailed, DiskImageMissing,
+        VolumeConflict, ExportSizeUnknown,
+    };
+
+    /// <summary>The core/v1 Event type for a condition reason: Warning for <see cref="Problems"/>, else Normal.</summary>
+    public static string EventType(string reason) => Problems.Contains(reason) ? Runtime.EventRecorder.Warning : Runtime.EventRecorder.Normal;
 }
 
 /// <summary>What the PersistentVolume of an export (spec.persistentVolume) is made of.</summary>

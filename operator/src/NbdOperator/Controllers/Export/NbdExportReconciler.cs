@@ -75,14 +75,12 @@ public sealed class NbdExportReconciler(
 
         if (previous?.Reason != plan.Reason || previous?.Status != plan.ConditionStatus)
         {
-            var type = plan.Phase == ExportPhases.Failed ? EventRecorder.Warning : EventRecorder.Normal;
-            await events.RecordAsync(export, type, plan.Reason, plan.Message, cancellationToken);
+            await events.RecordAsync(export, ExportReasons.EventType(plan.Reason), plan.Reason, plan.Message, cancellationToken);
         }
 
         if (plan is { VolumePlanned: true, Volume: { } volume } && (previousVolume?.Reason != volume.Reason || previousVolume?.Status != volume.Status))
         {
-            var type = volume.Reason == ExportReasons.VolumeConflict ? EventRecorder.Warning : EventRecorder.Normal;
-            await events.RecordAsync(export, type, volume.Reason, volume.Message, cancellationToken);
+            await events.RecordAsync(export, ExportReasons.EventType(volume.Reason), volume.Reason, volume.Message, cancellationToken);
         }
 
         return plan.RequeueAfter is { } delay ? ReconcileResult.After(delay) : ReconcileResult.Done;
