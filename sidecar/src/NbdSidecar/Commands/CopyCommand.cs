@@ -20,7 +20,7 @@ internal static class CopyCommand
         does not exist is created. A destination smaller than the source is refused before anything is written.
 
         Options:
-          --connections N        parallel connections per NBD side (default 4, at most one per CPU, when the server allows multi-conn, else 1)
+          --connections N        parallel connections per NBD side (default 4, at most one per two CPUs, when the server allows multi-conn, else 1)
           --requests N           requests in flight per connection (default 16 in total, at least 4 per connection)
           --request-size SIZE    largest request, a power of two from 4k to 32M (default 1M)
           --no-detect-zeroes     write all-zero blocks found in data instead of skipping them (--detect-zeroes=false)
