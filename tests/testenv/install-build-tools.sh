@@ -9,14 +9,5 @@ command -v clang >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || missing+=(
 [ -f /usr/include/zlib.h ] || missing+=("zlib headers")
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-packages=(clang zlib1g-dev)
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-build-tools: missing ${missing[*]}, needed to link the native nbd-sidecar." >&2
-  echo "install-build-tools: run as root, or: sudo apt-get install -y ${packages[*]}" >&2
-  exit 1
-fi
-
-echo "install-build-tools: installing ${packages[*]} (missing: ${missing[*]})"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+# Linking needs a C compiler and libz; clang is what the .NET SDK looks for first.
+exec "$(dirname "$0")/apt-install.sh" install-build-tools "${missing[*]} (needed to link the native nbd-sidecar)" clang zlib1g-dev

@@ -14,13 +14,4 @@ done
 /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || missing+=("python3-libnbd")
 [ ${#missing[@]} -eq 0 ] && exit 0
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-peers: missing ${missing[*]}." >&2
-  echo "install-peers: run as root, or: sudo apt-get install -y ${packages[*]}" >&2
-  exit 1
-fi
-
-echo "install-peers: installing ${packages[*]} (missing: ${missing[*]})"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+exec "$(dirname "$0")/apt-install.sh" install-peers "${missing[*]}" "${packages[@]}"
