@@ -74,9 +74,9 @@ public class ImportBenchmark(KubeFixture fixture)
             await Succeeded("warmup").Task.WaitAsync(TimeSpan.FromMinutes(5), ct);
         }
 
-        // nbdcopy, the reference, runs on a quiet machine; a just-started test apiserver is not quiet (it builds its
-        // OpenAPI documents and runs its bootstrap controllers for seconds), and on 2 CPUs that would be measured as
-        // the import's cost. Time the import once the machine has settled, as a running cluster's control plane has.
+        // nbdcopy, the reference, runs on a quiet machine; a just-started test apiserver is busy for a few seconds,
+        // and on 2 CPUs that would be measured as the import's cost. Time the import once the machine has settled,
+        // as a running cluster's control plane has.
         var settled = await WaitForQuietMachineAsync(ct);
         clock.Restart();
         timeline.Clear();
