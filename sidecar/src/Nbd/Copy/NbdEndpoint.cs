@@ -41,7 +41,7 @@ public sealed class NbdEndpoint : ICopyEndpoint
     /// Connections per side a copy uses when the server allows multi-conn: 4, but no more than one per two processors.
     /// A copy has two sides, and each connection costs a reader thread here and server threads at the other end, so
     /// one per processor (nbdcopy's cap) oversubscribes the CPUs. On a two-core node, a dense 4 GiB copy from nbdkit to
-    /// nbdkit took 4.0-4.5 s with one connection per side and 4.8-7.8 s with two (and 5.3-8.9 s with four); to a
+    /// nbdkit took 4.0-4.7 s with one connection per side and 4.8-7.8 s with two (and 5.3-8.9 s with four); to a
     /// local file the count made no difference (2.1-2.2 s).
     /// </summary>
     public static int CopyConnections => Math.Clamp(Environment.ProcessorCount / 2, 1, 4);
