@@ -10,6 +10,7 @@ each as a ratio to the best reference server; and our server's peak RSS (VmHWM).
 import argparse
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -65,7 +66,7 @@ def can_connect(transport, address):
 class Server:
     """One server process exporting IMAGE as 'disk' over one transport."""
 
-    def __init__(self, kind, image, transport, workdir, sidecar, baseline=None):
+    def __init__(self, kind, image, transport, workdir, sidecar, baseline=None, extra_args=()):
         self.kind = kind
         self.transport = transport
         self.sock = os.path.join(workdir, f"{kind}.sock")
@@ -74,6 +75,7 @@ class Server:
             os.unlink(self.sock)
         if kind in ("ours", "base"):
             args = [sidecar if kind == "ours" else baseline, "serve", "--export", f"disk={image}", "--log-level", "warning"]
+            args += list(extra_args) if kind == "ours" else []
             args += ["--unix", self.sock] if transport == "unix" else ["--listen", f"127.0.0.1:{self.port}"]
         elif kind == "qemu-nbd":
             args = ["qemu-nbd", "-f", "raw", "-t", "-e", "0", "-x", "disk"]
@@ -205,6 +207,8 @@ def main():
     parser.add_argument("--dir", default=None, help="where images live (default: a folder under TMPDIR, kept)")
     parser.add_argument("--baseline", default=None,
                         help="another nbd-sidecar build, run alongside as 'base' for a before/after comparison")
+    parser.add_argument("--serve-args", default="",
+                        help="extra options for our server only, e.g. '--poll-us 0' to compare a setting with --baseline")
     options = parser.parse_args()
 
     quick = options.quick
@@ -243,7 +247,8 @@ def main():
                 for kind in order:
                     if workload.writes:
                         reset_target(workload.image, seq_size)
-                    server = Server(kind, workload.image, transport, workdir, options.sidecar, options.baseline)
+                    server = Server(kind, workload.image, transport, workdir, options.sidecar, options.baseline,
+                                    shlex.split(options.serve_args))
                     try:
                         warm_up(server.uri, workload.writes)
                         cpu0 = cpu_seconds(server.pid)

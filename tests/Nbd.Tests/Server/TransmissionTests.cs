@@ -375,6 +375,28 @@ public class TransmissionTests
     }
 
     [Fact]
+    public void LongWrite_OverAUnixSocket_RunsBesideTheNextRequest()
+    {
+        Assert.SkipWhen(Environment.ProcessorCount < 2, "one CPU: the server keeps long writes on the reading thread");
+        using var device = new TestDevice(1 << 20);
+        using var harness = WithDevice(device);
+        using var client = harness.Connect();
+        client.Go("disk");
+        device.HoldWrites();
+        client.SendRequest(NbdCommand.Write, 1, 0, TransmissionSession.LongWrite, payload: Pattern(TransmissionSession.LongWrite, 1));
+        SpinWait.SpinUntil(() => device.WritesInside == 1, TimeSpan.FromSeconds(20));
+
+        // The write waits at the device; the reader is free, so a read behind it is answered first.
+        client.SendRequest(NbdCommand.Read, 2, 512 * 1024, 4096);
+        var read = client.ReadReply();
+        Assert.Equal((NbdError.None, 2UL), (read.SimpleError, read.Header.Cookie));
+        client.ReadBytes(4096);
+        device.ReleaseWrites();
+        var write = client.ReadReply();
+        Assert.Equal((NbdError.None, 1UL), (write.SimpleError, write.Header.Cookie));
+    }
+
+    [Fact]
     public void MultiConn_WritesOnOneConnectionAreSeenOnAnother()
     {
         using var harness = new ServerHarness();

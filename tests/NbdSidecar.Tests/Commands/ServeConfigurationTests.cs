@@ -11,7 +11,7 @@ public class ServeConfigurationTests
     [
         "export", "listen", "unix", "description", "tls", "tls-certificate", "tls-key", "tls-client-ca",
         "metrics-listen", "handshake-timeout", "max-connections", "block-size", "max-block-size", "workers",
-        "max-inflight", "drain-timeout", "log-level",
+        "max-inflight", "drain-timeout", "poll-us", "log-level",
     ];
 
     private static ServeConfiguration Parse(params string[] args) =>
@@ -37,6 +37,14 @@ public class ServeConfigurationTests
         Assert.Equal("d", config.Description);
     }
 
+    [Fact]
+    public void Parse_PollUs_SetsTheReceivePollWindow()
+    {
+        Assert.Equal(TimeSpan.FromMicroseconds(64), Parse("--export", "disk=memory:1M").ServerOptions.ReceivePollWindow);
+        Assert.Equal(TimeSpan.FromMicroseconds(200), Parse("--export", "disk=memory:1M", "--poll-us", "200").ServerOptions.ReceivePollWindow);
+        Assert.Equal(TimeSpan.Zero, Parse("--export", "disk=memory:1M", "--poll-us", "0").ServerOptions.ReceivePollWindow);
+    }
+
     [Theory]
     [InlineData("127.0.0.1:0", "127.0.0.1", 0)]
     [InlineData("[::1]:10809", "::1", 10809)]
@@ -59,6 +67,8 @@ public class ServeConfigurationTests
     [InlineData("--export", "disk=memory:1M", "--tls-client-ca", "/etc/hostname")]
     [InlineData("--export", "disk=memory:1M", "--block-size", "1000")]
     [InlineData("--export", "disk=memory:1M", "--log-level", "loud")]
+    [InlineData("--export", "disk=memory:1M", "--poll-us", "-1")]
+    [InlineData("--export", "disk=memory:1M", "--poll-us", "20000")]
     [InlineData("--listen", "127.0.0.1:1")]
     public void Parse_Mistakes_AreUsageErrors(params string[] args)
     {

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
@@ -15,11 +16,22 @@ internal abstract class ConnectionTransport : IDisposable
     /// <summary>Receives up to <paramref name="buffer"/>.Length bytes; 0 means the peer closed (or receiving was shut down).</summary>
     public abstract int Receive(Span<byte> buffer);
 
+    /// <summary>
+    /// Whether a receive may busy-poll before it blocks, where the transport polls at all. The session turns it
+    /// on while its client sends one request at a time, and off while it pipelines: a sleeping reader lets
+    /// pipelined requests gather into one receive and their replies into one send, which polling (taking each
+    /// request as it comes) would undo.
+    /// </summary>
+    public bool PollBeforeBlocking { get; set; } = true;
+
     /// <summary>Sends all of <paramref name="data"/>.</summary>
     public abstract void Send(ReadOnlySpan<byte> data);
 
     /// <summary>True when <see cref="SendFile"/> may be used (a plain socket, no TLS).</summary>
     public virtual bool CanSendFile => false;
+
+    /// <summary>True for a unix stream socket, whose sender can buffer only about 200 KiB (net.core.wmem_default).</summary>
+    public virtual bool IsUnixSocket => false;
 
     /// <summary>
     /// Sends <paramref name="header"/> then <paramref name="count"/> bytes of <paramref name="file"/> from
@@ -42,17 +54,23 @@ internal abstract class ConnectionTransport : IDisposable
     public abstract void Dispose();
 }
 
-/// <summary>A connected TCP or unix stream socket used directly, with sendfile for read payloads.</summary>
+/// <summary>
+/// A connected TCP or unix stream socket used directly, with sendfile for read payloads and, when a
+/// <see cref="ReceivePolling"/> is given, adaptive busy polling before a receive blocks.
+/// </summary>
 internal sealed class SocketTransport : ConnectionTransport
 {
     private readonly Socket _socket;
+    private readonly ReceivePolling? _polling;
     private readonly SafeSocketHandle _handle;
     private readonly int _fd;
     private bool _addedRef;
+    private long _pollWindow;
 
-    public SocketTransport(Socket socket)
+    public SocketTransport(Socket socket, ReceivePolling? polling = null)
     {
         _socket = socket;
+        _polling = polling;
         _handle = socket.SafeHandle;
         _handle.DangerousAddRef(ref _addedRef);
         _fd = (int)_handle.DangerousGetHandle();
@@ -63,7 +81,64 @@ internal sealed class SocketTransport : ConnectionTransport
 
     public override bool CanSendFile => true;
 
-    public override int Receive(Span<byte> buffer) => _socket.Receive(buffer, SocketFlags.None);
+    public override bool IsUnixSocket => _socket.AddressFamily == AddressFamily.Unix;
+
+    public override int Receive(Span<byte> buffer)
+    {
+        if (_polling is null || !PollBeforeBlocking)
+        {
+            return _socket.Receive(buffer, SocketFlags.None);
+        }
+
+        var started = Stopwatch.GetTimestamp();
+        if (_pollWindow > 0 && _polling.TryEnter())
+        {
+            try
+            {
+                var polled = Poll(buffer, started + _pollWindow);
+                if (polled >= 0)
+                {
+                    _pollWindow = _polling.Adjust(_pollWindow, Stopwatch.GetTimestamp() - started);
+                    return polled;
+                }
+            }
+            finally
+            {
+                _polling.Exit();
+            }
+        }
+
+        var received = _socket.Receive(buffer, SocketFlags.None);
+        _pollWindow = _polling.Adjust(_pollWindow, Stopwatch.GetTimestamp() - started);
+        return received;
+    }
+
+    /// <summary>
+    /// Receives what is there without blocking, else waits for the socket to turn readable by polling it until
+    /// <paramref name="deadline"/>, then receives. The wait uses poll(2), which takes no socket lock, so it does
+    /// not hold up the kernel delivering the very bytes it waits for. Returns -1 when nothing came in time or the
+    /// socket reported an error; the blocking receive that follows surfaces the error.
+    /// </summary>
+    private unsafe int Poll(Span<byte> buffer, long deadline)
+    {
+        fixed (byte* start = buffer)
+        {
+            while (true)
+            {
+                var n = ServerNative.Receive(_fd, start, (nuint)buffer.Length, ServerNative.MsgDontWait);
+                if (n >= 0)
+                {
+                    return (int)n;
+                }
+
+                var errno = Marshal.GetLastPInvokeError();
+                if ((errno != ServerNative.EAGAIN && errno != ServerNative.EINTR) || !ServerNative.WaitReadable(_fd, deadline))
+                {
+                    return -1;
+                }
+            }
+        }
+    }
 
     public override void Send(ReadOnlySpan<byte> data)
     {

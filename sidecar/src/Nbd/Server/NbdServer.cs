@@ -23,6 +23,7 @@ public sealed class NbdServer : IDisposable
     private readonly List<Listener> _listeners = [];
     private readonly Dictionary<long, NbdSession> _sessions = [];
     private readonly Lock _gate = new();
+    private readonly ReceivePolling? _receivePolling;
     private readonly ManualResetEventSlim _noSessions = new(initialState: true);
     private long _nextId;
     private bool _stopping;
@@ -64,6 +65,7 @@ public sealed class NbdServer : IDisposable
         }
 
         BufferPool = new NativeBufferPool(maxCachedBytes: 64L * 1024 * 1024);
+        _receivePolling = ReceivePolling.Create(Options.ReceivePollWindow);
     }
 
     public NbdServerOptions Options { get; }
@@ -407,7 +409,7 @@ public sealed class NbdServer : IDisposable
             }
 
             var remote = client.RemoteEndPoint?.ToString() is { Length: > 0 } r ? r : listener.Name;
-            Serve(new SocketTransport(client), remote);
+            Serve(new SocketTransport(client, _receivePolling), remote);
         }
     }
 

@@ -62,6 +62,12 @@ public sealed class NbdServerOptions
     /// </summary>
     internal bool ExecuteInline { get; init; } = true;
 
+    /// <summary>
+    /// Longest a connection on a plain socket busy-polls for its next request before its thread sleeps (see
+    /// <see cref="ReceivePolling"/>); zero turns polling off.
+    /// </summary>
+    public TimeSpan ReceivePollWindow { get; init; } = TimeSpan.FromMicroseconds(64);
+
     /// <summary>Use sendfile for read payloads on plain sockets (off only to measure its effect).</summary>
     public bool ZeroCopy { get; init; } = true;
 }

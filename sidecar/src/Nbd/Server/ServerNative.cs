@@ -1,11 +1,12 @@
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 
 namespace Nbd.Server;
 
 /// <summary>
-/// The Linux calls the server's zero-copy reply path needs and .NET does not expose: <c>send</c> with
-/// MSG_MORE (so a reply header and its sendfile payload leave in the same segment), <c>sendfile</c>, and
-/// <c>posix_fadvise</c> for NBD_CMD_CACHE. Failures return -1 with errno in <see cref="Marshal.GetLastPInvokeError"/>.
+/// The Linux calls the server's zero-copy reply path and receive polling need and .NET does not expose:
+/// <c>send</c> with MSG_MORE (so a reply header and its sendfile payload leave in the same segment),
+/// <c>recv</c> with MSG_DONTWAIT, <c>sendfile</c>, and <c>posix_fadvise</c> for NBD_CMD_CACHE. Failures return -1 with errno in <see cref="Marshal.GetLastPInvokeError"/>.
 /// </summary>
 internal static partial class ServerNative
 {
@@ -14,6 +15,9 @@ internal static partial class ServerNative
 
     /// <summary>MSG_NOSIGNAL: report EPIPE instead of raising SIGPIPE.</summary>
     public const int MsgNoSignal = 0x4000;
+
+    /// <summary>MSG_DONTWAIT: return EAGAIN instead of blocking.</summary>
+    public const int MsgDontWait = 0x40;
 
     /// <summary>POSIX_FADV_WILLNEED: start reading a range into the page cache.</summary>
     public const int FadviseWillNeed = 3;
@@ -26,6 +30,43 @@ internal static partial class ServerNative
 
     [LibraryImport("libc", EntryPoint = "send", SetLastError = true)]
     public static unsafe partial nint Send(int fd, byte* buffer, nuint length, int flags);
+
+    [LibraryImport("libc", EntryPoint = "recv", SetLastError = true)]
+    public static unsafe partial nint Receive(int fd, byte* buffer, nuint length, int flags);
+
+    /// <summary>POLLIN, POLLERR, POLLHUP: readable, or nothing more to wait for.</summary>
+    private const short PollIn = 0x1;
+    private const short PollDone = 0x1 | 0x8 | 0x10;
+
+    [LibraryImport("libc", EntryPoint = "poll", SetLastError = true)]
+    private static unsafe partial int PollFds(long* fds, nuint count, int timeout);
+
+    /// <summary>
+    /// Spins on poll(2) with a zero timeout until <paramref name="fd"/> is readable, closed or failed (true), or
+    /// the Stopwatch timestamp <paramref name="deadline"/> passes (false).
+    /// </summary>
+    public static unsafe bool WaitReadable(int fd, long deadline)
+    {
+        // struct pollfd { int fd; short events; short revents; } in one long, revents in the top 16 bits.
+        long pollFd;
+        do
+        {
+            pollFd = (uint)fd | ((long)(ushort)PollIn << 32);
+            if (PollFds(&pollFd, 1, 0) > 0 && ((short)(pollFd >> 48) & PollDone) != 0)
+            {
+                return true;
+            }
+
+            _ = SchedYield();
+            Thread.SpinWait(32);
+        }
+        while (Stopwatch.GetTimestamp() < deadline);
+
+        return false;
+    }
+
+    [LibraryImport("libc", EntryPoint = "sched_yield")]
+    private static partial int SchedYield();
 
     [LibraryImport("libc", EntryPoint = "sendfile", SetLastError = true)]
     public static partial nint SendFile(int outFd, int inFd, ref long offset, nuint count);

@@ -21,6 +21,12 @@ internal sealed class TransmissionSession
     /// <summary>Reads at least this long use sendfile; shorter ones are cheaper copied in one send.</summary>
     internal const int SendFileThreshold = 64 * 1024;
 
+    /// <summary>Writes this long may go to a worker to overlap the next receive (see <see cref="IsLongWriteToOverlap"/>).</summary>
+    internal const int LongWrite = 64 * 1024;
+
+    /// <summary>Receives in a row that bring at most one request each before the transport may poll.</summary>
+    private const int SerialReceivesBeforePolling = 64;
+
     /// <summary>Reads at least this long look for holes and send them as OFFSET_HOLE chunks.</summary>
     internal const int SparseReadThreshold = 64 * 1024;
 
@@ -60,6 +66,7 @@ internal sealed class TransmissionSession
     private readonly int _maxWorkers;
     private readonly long _maxDiscardable;
     private readonly bool _executeInline;
+    private readonly bool _smallClientBuffer;
     private readonly Lock _sendLock = new();
     private readonly object _budgetGate = new();
     private readonly object _workGate = new();
@@ -73,6 +80,8 @@ internal sealed class TransmissionSession
     private volatile bool _stopping;
     private volatile bool _failed;
     private long _requests;
+    private long _requestsAtLastReceive;
+    private int _serialReceives;
     private long _parallelUntil;
 
     // Replies of requests the reader executed itself collect here and leave in one send before the reader
@@ -98,6 +107,7 @@ internal sealed class TransmissionSession
         _maxWorkers = Math.Max(0, server.Options.WorkersPerConnection);
         _maxDiscardable = Math.Max(NbdLimits.PortablePayload, context.BlockSizes.Maximum);
         _executeInline = server.Options.ExecuteInline;
+        _smallClientBuffer = transport.IsUnixSocket;
         Id = id;
     }
 
@@ -107,7 +117,7 @@ internal sealed class TransmissionSession
     public void Run()
     {
         _readerThreadId = Environment.CurrentManagedThreadId;
-        _input.BeforeReceive = FlushBatch;
+        _input.BeforeReceive = BeforeReceive;
         try
         {
             ReadRequests();
@@ -214,7 +224,9 @@ internal sealed class TransmissionSession
             }
 
             var work = new Work(request, payload, cost);
-            if (_maxWorkers == 0 || (_executeInline && IsQuick(request) && (_input.Buffered == 0 || Stopwatch.GetTimestamp() >= _parallelUntil)))
+            if (_maxWorkers == 0 ||
+                (_executeInline && IsQuick(request) && !IsLongWriteToOverlap(request) &&
+                 (_input.Buffered == 0 || Stopwatch.GetTimestamp() >= _parallelUntil)))
             {
                 // Running it here saves two thread hand-offs per request, which is most of the server's CPU
                 // when the data is in the page cache. Once the device proves slow, requests that have others
@@ -229,12 +241,23 @@ internal sealed class TransmissionSession
     }
 
     /// <summary>
-    /// Requests cheap enough to run on the reading thread: reads, block status, cache hints and plain writes.
-    /// FLUSH, FUA, TRIM and WRITE_ZEROES may wait on the disk for long and go to a worker.
+    /// Requests cheap enough to run on the reading thread: reads, block status, cache hints and short plain
+    /// writes. FLUSH, FUA, TRIM and WRITE_ZEROES may wait on the disk for long and go to a worker; so do long
+    /// writes, so that receiving the next payload overlaps copying this one into the page cache.
     /// </summary>
     private static bool IsQuick(in NbdRequest request) =>
         request.Command is NbdCommand.Read or NbdCommand.BlockStatus or NbdCommand.Cache
         || (request.Command == NbdCommand.Write && (request.Flags & CommandFlags.Fua) == 0);
+
+    /// <summary>
+    /// A long write better run on a worker, so that receiving the next payload overlaps copying this one into
+    /// the page cache: over a unix socket the client can buffer only about 200 KiB and waits while the reader
+    /// is busy. TCP buffers megabytes and needs no hand-off; nor do connections as many as the CPUs, which
+    /// keep every CPU busy already.
+    /// </summary>
+    private bool IsLongWriteToOverlap(in NbdRequest request) =>
+        _smallClientBuffer && request.Command == NbdCommand.Write && request.Length >= LongWrite &&
+        _server.ActiveConnections < Environment.ProcessorCount;
 
     private void Reject(in NbdRequest request, NbdError error, ulong payloadLength)
     {
@@ -788,6 +811,22 @@ internal sealed class TransmissionSession
         {
             _transport.Send(_batch.Payload(length));
         }
+    }
+
+    /// <summary>
+    /// Before a receive that may block: send the batched replies, and let the transport poll only once the
+    /// client has sent one request at a time for <see cref="SerialReceivesBeforePolling"/> receives. A client at
+    /// queue depth 1 answers each reply at once, and polling saves it our wake-up; a pipelining client, whose
+    /// requests sometimes arrive two or more to a receive, is better served by a reader that sleeps, letting
+    /// its requests gather into one receive and their replies into one send.
+    /// </summary>
+    private void BeforeReceive()
+    {
+        FlushBatch();
+        var brought = _requests - _requestsAtLastReceive;
+        _requestsAtLastReceive = _requests;
+        _serialReceives = brought > 1 ? 0 : Math.Min(_serialReceives + 1, SerialReceivesBeforePolling);
+        _transport.PollBeforeBlocking = _serialReceives == SerialReceivesBeforePolling;
     }
 
     private void TryFlushBatch()

@@ -24,7 +24,7 @@ internal static class ServeCommand
     [
         "export", "listen", "unix", "description", "tls", "tls-certificate", "tls-key", "tls-client-ca",
         "metrics-listen", "handshake-timeout", "max-connections", "block-size", "max-block-size", "workers",
-        "max-inflight", "drain-timeout", "log-level",
+        "max-inflight", "drain-timeout", "poll-us", "log-level",
     ];
 
     private static readonly string[] SwitchOptions = ["read-only", "no-zero-copy", "help"];
@@ -60,6 +60,8 @@ internal static class ServeCommand
           --max-inflight BYTES      payload bytes in flight per connection before reading pauses (default 64M)
           --workers N               threads per connection executing requests (default 8)
           --drain-timeout SEC       on SIGTERM, time to finish in-flight requests (default 30)
+          --poll-us N               longest a connection busy-polls for its next request before sleeping; adapts
+                                    per connection, at most one polling thread per two CPUs (default 64, 0: off)
           --no-zero-copy            send read data through user space instead of sendfile
           --log-level LEVEL         trace, debug, information, warning, error (default information)
         """;
@@ -324,6 +326,7 @@ internal sealed record ServeConfiguration(
             MaxInFlightBytesPerConnection = line.GetSize("max-inflight", 64L << 20, 1L << 20, 16L << 30),
             WorkersPerConnection = (int)line.GetInt64("workers", 8, 0, 256),
             ZeroCopy = !line.Has("no-zero-copy"),
+            ReceivePollWindow = TimeSpan.FromMicroseconds(line.GetInt64("poll-us", 64, 0, 10_000)),
         };
 
         var levelText = line.Get("log-level", "information")!;
