@@ -38,11 +38,13 @@ internal sealed unsafe class NativeBuffer
 
 /// <summary>
 /// Recycles <see cref="NativeBuffer"/>s by size class (4 KiB multiples), keeping at most
-/// <see cref="MaxCachedBytes"/> idle so memory returns to the system after a burst.
+/// <see cref="MaxCachedBytes"/> idle so memory returns to the system after a burst. The most recently returned
+/// buffer is rented first: it is likely still in the CPU's cache, so a payload received into it and then copied to
+/// the page cache does not miss twice (a first-in-first-out pool cycles through cold memory).
 /// </summary>
 internal sealed class NativeBufferPool : IDisposable
 {
-    private readonly ConcurrentDictionary<int, ConcurrentBag<NativeBuffer>> _idle = new();
+    private readonly ConcurrentDictionary<int, Stack<NativeBuffer>> _idle = new();
     private long _cachedBytes;
 
     public NativeBufferPool(long maxCachedBytes) => MaxCachedBytes = maxCachedBytes;
@@ -54,10 +56,16 @@ internal sealed class NativeBufferPool : IDisposable
     public NativeBuffer Rent(int payloadLength)
     {
         var capacity = SizeClass(payloadLength);
-        if (_idle.TryGetValue(capacity, out var bag) && bag.TryTake(out var buffer))
+        if (_idle.TryGetValue(capacity, out var stack))
         {
-            Interlocked.Add(ref _cachedBytes, -capacity);
-            return buffer;
+            lock (stack)
+            {
+                if (stack.TryPop(out var buffer))
+                {
+                    Interlocked.Add(ref _cachedBytes, -capacity);
+                    return buffer;
+                }
+            }
         }
 
         return new NativeBuffer(capacity);
@@ -72,16 +80,23 @@ internal sealed class NativeBufferPool : IDisposable
             return;
         }
 
-        _idle.GetOrAdd(buffer.Capacity, _ => []).Add(buffer);
+        var stack = _idle.GetOrAdd(buffer.Capacity, _ => new Stack<NativeBuffer>());
+        lock (stack)
+        {
+            stack.Push(buffer);
+        }
     }
 
     public void Dispose()
     {
-        foreach (var bag in _idle.Values)
+        foreach (var stack in _idle.Values)
         {
-            while (bag.TryTake(out var buffer))
+            lock (stack)
             {
-                buffer.Free();
+                while (stack.TryPop(out var buffer))
+                {
+                    buffer.Free();
+                }
             }
         }
 
