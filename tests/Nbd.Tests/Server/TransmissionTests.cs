@@ -343,7 +343,8 @@ public class TransmissionTests
     [Fact]
     public async Task InFlightPayload_IsBoundedPerConnection()
     {
-        const int WriteSize = 256 * 1024;
+        // Shorter than a long write, which over a unix socket would queue in the one-at-a-time write lane.
+        const int WriteSize = TransmissionSession.LongWrite / 2;
         using var device = new TestDevice(16 << 20);
         using var harness = WithDevice(device, new NbdServerOptions { MaxInFlightBytesPerConnection = 4 * WriteSize, WorkersPerConnection = 16, ExecuteInline = false });
         using var client = harness.Connect();
@@ -394,6 +395,38 @@ public class TransmissionTests
         device.ReleaseWrites();
         var write = client.ReadReply();
         Assert.Equal((NbdError.None, 1UL), (write.SimpleError, write.Header.Cookie));
+    }
+
+    [Fact]
+    public void LongWrites_OverAUnixSocket_RunOneAtATimeInOrder()
+    {
+        Assert.SkipWhen(Environment.ProcessorCount < 2, "one CPU: the server keeps long writes on the reading thread");
+        using var device = new TestDevice(1 << 20);
+        using var harness = WithDevice(device);
+        using var client = harness.Connect();
+        client.Go("disk");
+        device.HoldWrites();
+        const int Size = TransmissionSession.LongWrite;
+        for (ulong cookie = 1; cookie <= 4; cookie++)
+        {
+            client.SendRequest(NbdCommand.Write, cookie, (cookie - 1) * Size, Size, payload: Pattern(Size, (int)cookie));
+        }
+
+        // All four are received (the reader answers a read sent behind them), yet only one is at the device.
+        client.SendRequest(NbdCommand.Read, 9, 512 * 1024, 4096);
+        var read = client.ReadReply();
+        Assert.Equal((NbdError.None, 9UL), (read.SimpleError, read.Header.Cookie));
+        client.ReadBytes(4096);
+        Thread.Sleep(200);
+        Assert.Equal(1, device.WritesInside);
+
+        device.ReleaseWrites();
+        var cookies = Enumerable.Range(0, 4).Select(_ => client.ReadReply()).Select(r => (r.SimpleError, r.Header.Cookie)).ToArray();
+        Assert.Equal([(NbdError.None, 1UL), (NbdError.None, 2UL), (NbdError.None, 3UL), (NbdError.None, 4UL)], cookies);
+        Assert.Equal(1, device.MaxWritesInside);
+        var back = new byte[Size];
+        device.Read(3L * Size, back);
+        Assert.Equal(Pattern(Size, 4), back);
     }
 
     [Fact]

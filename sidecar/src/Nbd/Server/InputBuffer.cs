@@ -14,8 +14,11 @@ internal sealed class InputBuffer(ConnectionTransport transport, int capacity)
     private int _start;
     private int _end;
 
-    /// <summary>Called before every receive that may block (the session sends its batched replies there).</summary>
-    public Action? BeforeReceive { get; set; }
+    /// <summary>
+    /// Called before every receive that may block (the session sends its batched replies there), with the payload
+    /// bytes still to come when the receive is for the rest of a payload, 0 when it is for the next message.
+    /// </summary>
+    public Action<int>? BeforeReceive { get; set; }
 
     /// <summary>Bytes received but not yet consumed.</summary>
     public int Buffered => _end - _start;
@@ -61,7 +64,7 @@ internal sealed class InputBuffer(ConnectionTransport transport, int capacity)
         destination = destination[fromBuffer..];
         while (!destination.IsEmpty)
         {
-            BeforeReceive?.Invoke();
+            BeforeReceive?.Invoke(destination.Length);
             var n = transport.Receive(destination);
             if (n == 0)
             {
@@ -107,7 +110,7 @@ internal sealed class InputBuffer(ConnectionTransport transport, int capacity)
             _start = 0;
         }
 
-        BeforeReceive?.Invoke();
+        BeforeReceive?.Invoke(0);
         var n = transport.Receive(_buffer.AsSpan(_end));
         if (n == 0)
         {

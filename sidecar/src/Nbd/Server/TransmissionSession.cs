@@ -71,6 +71,8 @@ internal sealed class TransmissionSession
     private readonly object _budgetGate = new();
     private readonly object _workGate = new();
     private readonly Queue<Work> _queue = new();
+    private readonly Queue<Work> _writeLane = new();
+    private bool _writeLaneBusy;
     private long _inFlightBytes;
     private int _inFlightRequests;
     private bool _readerWaiting;
@@ -235,7 +237,7 @@ internal sealed class TransmissionSession
             }
             else
             {
-                Enqueue(work);
+                Enqueue(work, IsLongWriteToOverlap(request));
             }
         }
     }
@@ -253,7 +255,7 @@ internal sealed class TransmissionSession
     /// A long write better run on a worker, so that receiving the next payload overlaps copying this one into
     /// the page cache: over a unix socket the client can buffer only about 200 KiB and waits while the reader
     /// is busy. TCP buffers megabytes and needs no hand-off; nor do connections as many as the CPUs, which
-    /// keep every CPU busy already.
+    /// keep every CPU busy already. These writes go through the write lane, one at a time.
     /// </summary>
     private bool IsLongWriteToOverlap(in NbdRequest request) =>
         _smallClientBuffer && request.Command == NbdCommand.Write && request.Length >= LongWrite &&
@@ -820,9 +822,23 @@ internal sealed class TransmissionSession
     /// requests sometimes arrive two or more to a receive, is better served by a reader that sleeps, letting
     /// its requests gather into one receive and their replies into one send.
     /// </summary>
-    private void BeforeReceive()
+    private void BeforeReceive(int payloadToCome)
     {
         FlushBatch();
+        if (payloadToCome > 0)
+        {
+            // The client is still sending this request's payload: it streams as fast as it can, so polling would
+            // only spin beside it. A client that streams long payloads is moving bulk data, where a wake-up per
+            // request costs little against the transfer: it polls again only after another run of small requests.
+            _transport.PollBeforeBlocking = false;
+            if (payloadToCome >= LongWrite)
+            {
+                _serialReceives = 0;
+            }
+
+            return;
+        }
+
         var brought = _requests - _requestsAtLastReceive;
         _requestsAtLastReceive = _requests;
         _serialReceives = brought > 1 ? 0 : Math.Min(_serialReceives + 1, SerialReceivesBeforePolling);
@@ -914,11 +930,30 @@ internal sealed class TransmissionSession
         }
     }
 
-    private void Enqueue(Work work)
+    /// <summary>
+    /// Queues work for the workers. Work for the write lane runs one request at a time, in order: buffered writes
+    /// to one file serialize on its inode lock in the kernel anyway, and writers that wait there spin on the CPU
+    /// (ext4's rw-semaphore spins while its owner copies). One lane thread overlaps the reader's next receive and
+    /// costs no contention.
+    /// </summary>
+    private void Enqueue(Work work, bool writeLane)
     {
         lock (_workGate)
         {
-            _queue.Enqueue(work);
+            if (writeLane)
+            {
+                _writeLane.Enqueue(work);
+                if (_writeLaneBusy)
+                {
+                    // The lane's worker takes it when it finishes the write in hand.
+                    return;
+                }
+            }
+            else
+            {
+                _queue.Enqueue(work);
+            }
+
             if (_idleWorkers > 0)
             {
                 _idleWorkers--;
@@ -940,13 +975,33 @@ internal sealed class TransmissionSession
 
     private void WorkerLoop()
     {
+        var laneWork = false;
         while (true)
         {
             Work work;
             lock (_workGate)
             {
-                while (_queue.Count == 0)
+                if (laneWork)
                 {
+                    _writeLaneBusy = false;
+                }
+
+                while (true)
+                {
+                    if (!_writeLaneBusy && _writeLane.Count > 0)
+                    {
+                        work = _writeLane.Dequeue();
+                        _writeLaneBusy = laneWork = true;
+                        break;
+                    }
+
+                    if (_queue.Count > 0)
+                    {
+                        work = _queue.Dequeue();
+                        laneWork = false;
+                        break;
+                    }
+
                     if (_closing)
                     {
                         _workers--;
@@ -956,8 +1011,6 @@ internal sealed class TransmissionSession
                     _idleWorkers++;
                     Monitor.Wait(_workGate);
                 }
-
-                work = _queue.Dequeue();
             }
 
             Execute(work);
