@@ -247,6 +247,9 @@ def main():
                 for kind in order:
                     if workload.writes:
                         reset_target(workload.image, seq_size)
+                        # Every write run starts with no dirty pages: the kernel throttles a writer by the dirty
+                        # data of the whole system, so one run's writeback would otherwise slow down the next.
+                        os.sync()
                     server = Server(kind, workload.image, transport, workdir, options.sidecar, options.baseline,
                                     shlex.split(options.serve_args))
                     try:
