@@ -388,10 +388,7 @@ public class TransmissionTests
         SpinWait.SpinUntil(() => device.WritesInside == 1, TimeSpan.FromSeconds(20));
 
         // The write waits at the device; the reader is free, so a read behind it is answered first.
-        client.SendRequest(NbdCommand.Read, 2, 512 * 1024, 4096);
-        var read = client.ReadReply();
-        Assert.Equal((NbdError.None, 2UL), (read.SimpleError, read.Header.Cookie));
-        client.ReadBytes(4096);
+        AssertReadIsAnswered(client, cookie: 2);
         device.ReleaseWrites();
         var write = client.ReadReply();
         Assert.Equal((NbdError.None, 1UL), (write.SimpleError, write.Header.Cookie));
@@ -413,10 +410,7 @@ public class TransmissionTests
         }
 
         // All four are received (the reader answers a read sent behind them), yet only one is at the device.
-        client.SendRequest(NbdCommand.Read, 9, 512 * 1024, 4096);
-        var read = client.ReadReply();
-        Assert.Equal((NbdError.None, 9UL), (read.SimpleError, read.Header.Cookie));
-        client.ReadBytes(4096);
+        AssertReadIsAnswered(client, cookie: 9);
         Thread.Sleep(200);
         Assert.Equal(1, device.WritesInside);
 
@@ -427,6 +421,15 @@ public class TransmissionTests
         var back = new byte[Size];
         device.Read(3L * Size, back);
         Assert.Equal(Pattern(Size, 4), back);
+    }
+
+    /// <summary>Sends a 4 KiB read past the written area and checks that its reply is the next to come.</summary>
+    private static void AssertReadIsAnswered(RawClient client, ulong cookie)
+    {
+        client.SendRequest(NbdCommand.Read, cookie, 512 * 1024, 4096);
+        var read = client.ReadReply();
+        Assert.Equal((NbdError.None, cookie), (read.SimpleError, read.Header.Cookie));
+        client.ReadBytes(4096);
     }
 
     [Fact]

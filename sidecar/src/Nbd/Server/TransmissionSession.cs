@@ -226,8 +226,9 @@ internal sealed class TransmissionSession
             }
 
             var work = new Work(request, payload, cost);
+            var writeLane = IsLongWriteToOverlap(request);
             if (_maxWorkers == 0 ||
-                (_executeInline && IsQuick(request) && !IsLongWriteToOverlap(request) &&
+                (_executeInline && IsQuick(request) && !writeLane &&
                  (_input.Buffered == 0 || Stopwatch.GetTimestamp() >= _parallelUntil)))
             {
                 // Running it here saves two thread hand-offs per request, which is most of the server's CPU
@@ -237,7 +238,7 @@ internal sealed class TransmissionSession
             }
             else
             {
-                Enqueue(work, IsLongWriteToOverlap(request));
+                Enqueue(work, writeLane);
             }
         }
     }
