@@ -73,40 +73,47 @@ public class ImportFlowTests(KubeFixture fixture)
 
         public static async Task<Nbdkit> StartAsync(string file, string[] filters, params string[] parameters)
         {
-            int port;
-            using (var probe = new TcpListener(IPAddress.Loopback, 0))
+            // A probed free port can be taken before nbdkit binds it, and a connect test would then succeed against
+            // the other listener. nbdkit writes its pidfile only once it accepts connections, so that is the
+            // readiness signal; exiting first means the bind failed, and another port is tried.
+            for (var attempt = 1; ; attempt++)
             {
-                probe.Start();
-                port = ((IPEndPoint)probe.LocalEndpoint).Port;
-            }
+                int port;
+                using (var probe = new TcpListener(IPAddress.Loopback, 0))
+                {
+                    probe.Start();
+                    port = ((IPEndPoint)probe.LocalEndpoint).Port;
+                }
 
-            var psi = new ProcessStartInfo("nbdkit") { RedirectStandardOutput = true, RedirectStandardError = true };
-            psi.Environment["PATH"] = "/usr/bin:/bin:" + Environment.GetEnvironmentVariable("PATH");
-            foreach (var a in (string[])["-f", "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                         .. filters.Select(f => $"--filter={f}"), "file", file, .. parameters])
-            {
-                psi.ArgumentList.Add(a);
-            }
+                var pidFile = Path.Combine(Path.GetTempPath(), $"nbdkit-{Guid.NewGuid():N}.pid");
+                var psi = new ProcessStartInfo("nbdkit") { RedirectStandardOutput = true, RedirectStandardError = true };
+                psi.Environment["PATH"] = "/usr/bin:/bin:" + Environment.GetEnvironmentVariable("PATH");
+                foreach (var a in (string[])["-f", "-P", pidFile, "-i", "127.0.0.1", "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                             .. filters.Select(f => $"--filter={f}"), "file", file, .. parameters])
+                {
+                    psi.ArgumentList.Add(a);
+                }
 
-            var process = Process.Start(psi)!;
-            process.BeginOutputReadLine();
-            process.BeginErrorReadLine();
-            var server = new Nbdkit(process, port);
-            await Wait.UntilAsync($"nbdkit listening on {port}", async () =>
-            {
-                Assert.False(process.HasExited, "nbdkit exited");
+                var process = Process.Start(psi)!;
+                process.BeginOutputReadLine();
+                process.BeginErrorReadLine();
                 try
                 {
-                    using var client = new TcpClient();
-                    await client.ConnectAsync(IPAddress.Loopback, port, Ct);
-                    return true;
+                    await Wait.UntilAsync($"nbdkit listening on {port}", () => Task.FromResult(File.Exists(pidFile) || process.HasExited));
                 }
-                catch (SocketException)
+                finally
                 {
-                    return false;
+                    File.Delete(pidFile);
                 }
-            });
-            return server;
+
+                if (!process.HasExited)
+                {
+                    return new Nbdkit(process, port);
+                }
+
+                Assert.True(attempt < 3, $"nbdkit exited with {process.ExitCode} three times before it listened");
+                process.Dispose();
+            }
         }
 
         public async ValueTask DisposeAsync()
