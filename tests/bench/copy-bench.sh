@@ -2,7 +2,7 @@
 # Benchmark of `nbd-sidecar copy` side by side with nbdcopy and `qemu-img convert -W` (a benchmark, never a test).
 # Images: a dense one (random data) and one with 10% data (sparse-random), served by nbdkit's file plugin
 # (or qemu-nbd with --server qemu-nbd) over a unix socket; destinations: a new local file, and an NBD export
-# (nbdkit file plugin on a fresh sparse file). Tools run alternating, ROUNDS times; medians are printed with
+# of a fresh sparse file by the same server. Tools run alternating, ROUNDS times; medians are printed with
 # seconds, MiB/s, CPU-seconds (user+sys) and peak RSS, and our ratio to the best reference:
 # throughput ratio (higher is better) for dense, elapsed-time ratio (lower is better) for sparse.
 # nbd-sidecar makes the copy durable before it exits (it flushes the destination), so the references it is
@@ -63,8 +63,10 @@ echo "copy-bench: dense.img $(du -h "$WORK/dense.img" | cut -f1) allocated, spar
 serve() { # serve NAME FILE -> starts a server on $WORK/NAME.sock, sets SERVED_PID
   local sock="$WORK/$1.sock"
   rm -f "$sock"
-  if [ "$SERVER" = qemu-nbd ] && [ "$1" != target ]; then
-    qemu-nbd -f raw -t -r -e 8 -x disk -k "$sock" "$2" &
+  if [ "$SERVER" = qemu-nbd ]; then
+    local readonly=(-r)
+    [ "$1" = target ] && readonly=()
+    qemu-nbd -f raw -t "${readonly[@]}" -e 8 -x disk -k "$sock" "$2" &
   else
     nbdkit -f -U "$sock" -e disk --exit-with-parent file "$2" &
   fi

@@ -332,13 +332,13 @@ public class CopierTests
     }
 
     [Theory]
-    [InlineData(1, 0, 16)]
-    [InlineData(2, 0, 16)]
-    [InlineData(4, 0, 16)]
-    [InlineData(8, 0, 32)]
+    [InlineData(1, 0, 32)]
+    [InlineData(2, 0, 32)]
+    [InlineData(4, 0, 32)]
+    [InlineData(16, 0, 64)]
     [InlineData(4, 3, 12)]
     [InlineData(1, 1, 1)]
-    public void Workers_DefaultKeeps16InFlightWithAtLeast4PerConnection(int connections, int perConnection, int expected)
+    public void Workers_DefaultKeeps32InFlightWithAtLeast4PerConnection(int connections, int perConnection, int expected)
     {
         var source = new FaultyEndpoint(new DeviceEndpoint(new MemoryDevice(Chunk), "src")) { ClaimedConnections = connections };
         var destination = new DeviceEndpoint(new MemoryDevice(Chunk), "dst");

@@ -21,8 +21,8 @@ internal static class CopyCommand
 
         Options:
           --connections N        parallel connections per NBD side (default 4, at most one per two CPUs, when the server allows multi-conn, else 1)
-          --requests N           requests in flight per connection (default 16 in total, at least 4 per connection)
-          --request-size SIZE    largest request, a power of two from 4k to 32M (default 1M)
+          --requests N           requests in flight per connection (default 32 in total, at least 4 per connection)
+          --request-size SIZE    largest request, a power of two from 4k to 32M (default 512k)
           --no-detect-zeroes     write all-zero blocks found in data instead of skipping them (--detect-zeroes=false)
           --target-is-zero       the destination already reads as zeroes: do not zero its holes
           --progress             draw a progress bar on stderr

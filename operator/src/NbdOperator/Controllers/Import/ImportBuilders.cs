@@ -272,7 +272,7 @@ public static class ImportBuilders
         };
     }
 
-    /// <summary>Up to connections × requests × 1 MiB of buffers are in flight (16 MiB with the copier's defaults).</summary>
+    /// <summary>Up to connections × requests × request size of buffers are in flight (16 MiB with the copier's defaults).</summary>
     public static V1ResourceRequirements DefaultResources() => new()
     {
         Requests = new Dictionary<string, ResourceQuantity> { ["cpu"] = new("100m"), ["memory"] = new("128Mi") },
