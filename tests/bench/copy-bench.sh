@@ -64,9 +64,9 @@ serve() { # serve NAME FILE -> starts a server on $WORK/NAME.sock, sets SERVED_P
   local sock="$WORK/$1.sock"
   rm -f "$sock"
   if [ "$SERVER" = qemu-nbd ]; then
-    local readonly=(-r)
-    [ "$1" = target ] && readonly=()
-    qemu-nbd -f raw -t "${readonly[@]}" -e 8 -x disk -k "$sock" "$2" &
+    local read_only=(-r)
+    [ "$1" = target ] && read_only=()
+    qemu-nbd -f raw -t "${read_only[@]}" -e 8 -x disk -k "$sock" "$2" &
   else
     nbdkit -f -U "$sock" -e disk --exit-with-parent file "$2" &
   fi

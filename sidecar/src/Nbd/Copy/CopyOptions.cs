@@ -15,10 +15,10 @@ public sealed record CopyOptions
     /// <summary>
     /// The default request size. With <see cref="DefaultRequestsInFlight"/> it keeps 16 MiB in flight, as nbdcopy's 64
     /// requests of 256 KiB do, in half as many requests (each costs thread wake-ups). It is not 1 MiB because qemu-nbd
-    /// gives every request of 1 MiB or more a freshly mapped buffer: each 4 KiB page of it faults on first touch and
-    /// is unmapped after, which on a 2-CPU VM made a 2 GiB copy from qemu-nbd take 3.8-5.8 s with 1 MiB requests
-    /// against 0.9-1.0 s with 512 KiB ones, and to qemu-nbd 10.5-11 s against 3.5-3.8 s. From nbdkit and from our
-    /// own server the two sizes copy equally fast.
+    /// then took each request's buffer fresh from mmap: every 4 KiB page faulted on first touch and the buffer was
+    /// unmapped after (perf on qemu-nbd), which on a 2-CPU VM made a 2 GiB copy from qemu-nbd take 3.8-5.8 s with
+    /// 1 MiB requests against 0.9-1.0 s with 512 KiB ones, and to qemu-nbd 10.5-11 s against 3.5-3.8 s. From nbdkit
+    /// and from our own server the two sizes copy equally fast.
     /// </summary>
     public const int DefaultRequestSize = 512 * 1024;
 
