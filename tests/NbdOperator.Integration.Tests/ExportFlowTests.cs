@@ -39,9 +39,10 @@ public class ExportFlowTests(KubeFixture fixture)
         Assert.Contains("disk=/dev/nbd-export", pod.Spec.Containers[0].Args);
         var service = await c.Client.CoreV1.ReadNamespacedServiceAsync("vm-export", c.Namespace, cancellationToken: Ct);
         Assert.Equal(("ClusterIP", export.Metadata.Uid), (service.Spec.Type, service.Metadata.OwnerReferences[0].Uid));
-        var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, fieldSelector: $"involvedObject.name=vm-export", cancellationToken: Ct);
-        Assert.Contains(events.Items, e => e.Reason == "CreatedPod");
-        Assert.Contains(events.Items, e => e.Reason == "Ready" && e.Type == "Normal");
+        var events = await c.WaitForEventsAsync("the CreatedPod and Ready events of vm-export",
+            e => e.InvolvedObject.Name == "vm-export" && e.Reason == "CreatedPod",
+            e => e.InvolvedObject.Name == "vm-export" && e.Reason == ExportReasons.Ready);
+        Assert.Contains(events, e => e.InvolvedObject.Name == "vm-export" && e.Reason == ExportReasons.Ready && e.Type == EventRecorder.Normal);
     }
 
     [Fact]
@@ -66,7 +67,7 @@ public class ExportFlowTests(KubeFixture fixture)
         await c.WaitForReasonAsync("e", ExportReasons.Ready);
 
         // A missing source is a problem for the user (Warning); waiting for a binding and serving are not.
-        var events = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items
+        var events = (await c.WaitForEventsAsync("the Ready event of e", e => e.InvolvedObject.Name == "e" && e.Reason == ExportReasons.Ready))
             .Where(e => e.InvolvedObject.Name == "e").ToList();
         Assert.Contains(events, e => e.Reason == ExportReasons.SourceNotFound && e.Type == EventRecorder.Warning);
         Assert.Contains(events, e => e.Reason == ExportReasons.SourceNotBound && e.Type == EventRecorder.Normal);
@@ -99,8 +100,8 @@ public class ExportFlowTests(KubeFixture fixture)
         Assert.Contains("renamed=/data/disk.img", newPod.Spec.Containers[0].Args);
         var service = await c.Client.CoreV1.ReadNamespacedServiceAsync("e", c.Namespace, cancellationToken: Ct);
         Assert.Equal(10900, Assert.Single(service.Spec.Ports).Port);
-        var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct);
-        Assert.Contains(events.Items, e => e.Reason == ExportReasons.PodRolling || (e.Reason == "DeletedPod" && e.Message.Contains("spec changed", StringComparison.Ordinal)));
+        await c.WaitForEventsAsync("the event of the rolled pod",
+            e => e.Reason == ExportReasons.PodRolling || (e.Reason == "DeletedPod" && e.Message.Contains("spec changed", StringComparison.Ordinal)));
     }
 
     [Fact]
@@ -242,8 +243,8 @@ public class ExportFlowTests(KubeFixture fixture)
         Assert.Equal(["good"], pods.Items.Select(p => p.Metadata.OwnerReferences[0].Name));
         var services = await c.Client.CoreV1.ListNamespacedServiceAsync(c.Namespace, cancellationToken: Ct);
         Assert.Equal(["good"], services.Items.Select(s => s.Metadata.Name));
-        var warnings = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, fieldSelector: "type=Warning", cancellationToken: Ct);
-        Assert.Contains(warnings.Items, e => e.Reason == ExportReasons.InvalidSpec && e.InvolvedObject.Name == "two-sources");
+        await c.WaitForEventsAsync("the InvalidSpec warning of two-sources",
+            e => e.Type == EventRecorder.Warning && e.Reason == ExportReasons.InvalidSpec && e.InvolvedObject.Name == "two-sources");
 
         // The missing Secret appears: the export recovers on its own and serves nbds://.
         await c.Client.CoreV1.CreateNamespacedSecretAsync(new V1Secret

@@ -212,9 +212,9 @@ public class ImportFlowTests(KubeFixture fixture)
                 .All(p => p.Metadata.Name != ImportBuilders.CheckpointClaimName(import) || p.Metadata.DeletionTimestamp is not null));
         }
 
-        var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct);
-        Assert.Contains(events.Items, e => e.InvolvedObject.Kind == NbdImport.KindName && e.Reason == ImportReasons.Succeeded);
-        Assert.Contains(events.Items, e => e.InvolvedObject.Kind == NbdImport.KindName && e.Reason == "CreatedPod");
+        await c.WaitForEventsAsync("the import's CreatedPod and Succeeded events",
+            e => e.InvolvedObject.Kind == NbdImport.KindName && e.Reason == ImportReasons.Succeeded,
+            e => e.InvolvedObject.Kind == NbdImport.KindName && e.Reason == "CreatedPod");
 
         await fixture.GarbageCollectorReadyAsync();
         await c.DeleteImportAsync("vm-copy");

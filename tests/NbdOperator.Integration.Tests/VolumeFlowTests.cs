@@ -100,9 +100,9 @@ public class VolumeFlowTests(KubeFixture fixture)
             Assert.Equal((pvName, "Block", ""), (claim.Spec.VolumeName, claim.Spec.VolumeMode, claim.Spec.StorageClassName));
             Assert.Equal(["ReadOnlyMany"], claim.Spec.AccessModes);
             Assert.Null(claim.Metadata.OwnerReferences); // another namespace: the finalizer, not the garbage collector, removes it
-            var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, fieldSelector: "involvedObject.name=vm-export", cancellationToken: Ct);
-            Assert.Contains(events.Items, e => e.Reason == "CreatedPersistentVolume");
-            Assert.Contains(events.Items, e => e.Reason == ExportReasons.VolumeReady);
+            await c.WaitForEventsAsync("the CreatedPersistentVolume and VolumeReady events of vm-export",
+                e => e.InvolvedObject.Name == "vm-export" && e.Reason == "CreatedPersistentVolume",
+                e => e.InvolvedObject.Name == "vm-export" && e.Reason == ExportReasons.VolumeReady);
 
             await c.DeleteExportAsync("vm-export");
 

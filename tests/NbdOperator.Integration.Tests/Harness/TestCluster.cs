@@ -208,6 +208,21 @@ public sealed class TestCluster : IAsyncDisposable
             return ready?.Reason == reason && e!.Status!.ObservedGeneration == e.Metadata.Generation ? e : null;
         }, timeout, () => DescribeAsync(name));
 
+    /// <summary>
+    /// The namespace's events once one matches each of <paramref name="expected"/>. The operator records an event after
+    /// writing the status it describes, so a test that saw the status must wait for the event rather than race it.
+    /// </summary>
+    public async Task<IList<Corev1Event>> WaitForEventsAsync(string what, params Func<Corev1Event, bool>[] expected)
+    {
+        IList<Corev1Event> events = [];
+        await Wait.UntilAsync(what, async () =>
+        {
+            events = (await Client.CoreV1.ListNamespacedEventAsync(Namespace)).Items;
+            return expected.All(events.Any);
+        }, describe: () => Task.FromResult(string.Join("\n", events.Select(e => $"{e.InvolvedObject.Name} {e.Type} {e.Reason}: {e.Message}"))));
+        return events;
+    }
+
     /// <summary>The export's status, its pods and events: what a failure message needs.</summary>
     public async Task<string> DescribeAsync(string exportName)
     {
