@@ -141,12 +141,12 @@ public sealed class PvcTemplate
 
 public sealed class ImportTransfer
 {
-    [Description("Parallel NBD connections per side. Unset: the copier's default (4, at most one per CPU of the importer's node, when the server allows multi-conn; else 1).")]
+    [Description("Parallel NBD connections per side. Unset: the copier's default (4, at most one per two CPUs of the importer's node, when the server allows multi-conn; else 1).")]
     [Range(1, 16)]
     [JsonPropertyName("connections")]
     public int? Connections { get; set; }
 
-    [Description("Requests in flight per connection, each holding up to 1 MiB of the importer's memory. Unset: the copier's default (16 in total, at least 4 per connection).")]
+    [Description("Requests in flight per connection, each holding up to 512 KiB of the importer's memory. Unset: the copier's default (32 in total, at least 4 per connection).")]
     [Range(1, 1024)]
     [JsonPropertyName("requests")]
     public int? Requests { get; set; }
