@@ -101,6 +101,12 @@ public class ImportFlowTests(KubeFixture fixture)
                 {
                     await Wait.UntilAsync($"nbdkit listening on {port}", () => Task.FromResult(File.Exists(pidFile) || process.HasExited));
                 }
+                catch
+                {
+                    process.Kill();
+                    process.Dispose();
+                    throw;
+                }
                 finally
                 {
                     File.Delete(pidFile);
@@ -296,12 +302,9 @@ public class ImportFlowTests(KubeFixture fixture)
             Assert.Equal(ImportBuilders.PodName(created, 1), done.Status.PodName);
             Assert.Equal(image, await File.ReadAllBytesAsync(c.Runner.VolumePath("target"), Ct));
             // Events are records written after the status they describe: wait for them rather than race them.
-            await Wait.UntilAsync("the Resumed and Retrying events", async () =>
-            {
-                var events = await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct);
-                return events.Items.Any(e => e.Reason == "Resumed") &&
-                       events.Items.Any(e => e.Reason == ImportReasons.Retrying && e.Message.Contains("exit code 137", StringComparison.Ordinal));
-            });
+            await c.WaitForEventsAsync("the Resumed and Retrying events",
+                e => e.Reason == "Resumed",
+                e => e.Reason == ImportReasons.Retrying && e.Message.Contains("exit code 137", StringComparison.Ordinal));
             Assert.False(File.Exists(checkpoint), "a finished import removes its checkpoint");
         }
         finally
@@ -435,13 +438,9 @@ public class ImportFlowTests(KubeFixture fixture)
         Assert.Empty((await c.Client.CoreV1.ListNamespacedPodAsync(c.Namespace, cancellationToken: Ct)).Items);
 
         // Something missing is a problem to look at: Warning events, as kubelet's FailedMount for a missing Secret.
-        await Wait.UntilAsync("the SourceNotFound and SourceUnreachable events", async () =>
-        {
-            var events = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items;
-            return events.Any(e => e.InvolvedObject.Name == "no-export" && e.Reason == ImportReasons.SourceNotFound) &&
-                   events.Any(e => e.InvolvedObject.Name == "no-server" && e.Reason == ImportReasons.SourceUnreachable);
-        });
-        var recorded = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items;
+        var recorded = await c.WaitForEventsAsync("the SourceNotFound and SourceUnreachable events",
+            e => e.InvolvedObject.Name == "no-export" && e.Reason == ImportReasons.SourceNotFound,
+            e => e.InvolvedObject.Name == "no-server" && e.Reason == ImportReasons.SourceUnreachable);
         Assert.All(recorded.Where(e => e.Reason is ImportReasons.SourceNotFound or ImportReasons.SourceUnreachable),
             e => Assert.Equal(EventRecorder.Warning, e.Type));
     }
@@ -480,12 +479,8 @@ public class ImportFlowTests(KubeFixture fixture)
             Assert.DoesNotContain((await c.Client.CoreV1.ListNamespacedPodAsync(c.Namespace, cancellationToken: Ct)).Items,
                 p => p.Metadata.Name == ImportBuilders.PodName(created, 2));
 
-            await Wait.UntilAsync("the PodLost and BackoffLimitExceeded events", async () =>
-            {
-                var events = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items;
-                return events.Any(e => e.Reason == ImportReasons.PodLost) && events.Any(e => e.Reason == ImportReasons.BackoffLimitExceeded);
-            });
-            var recorded = (await c.Client.CoreV1.ListNamespacedEventAsync(c.Namespace, cancellationToken: Ct)).Items
+            var recorded = (await c.WaitForEventsAsync("the PodLost and BackoffLimitExceeded events",
+                    e => e.Reason == ImportReasons.PodLost, e => e.Reason == ImportReasons.BackoffLimitExceeded))
                 .Where(e => e.InvolvedObject.Kind == NbdImport.KindName).ToList();
             Assert.All(recorded.Where(e => e.Reason is ImportReasons.PodLost or ImportReasons.Retrying or ImportReasons.BackoffLimitExceeded),
                 e => Assert.Equal(EventRecorder.Warning, e.Type));
