@@ -54,4 +54,23 @@ public class ListenerTests
 
         Assert.Equal("NBDMAGIC"u8.ToArray(), greeting[..8]);
     }
+
+    [Fact]
+    public void ConfigureTcp_SetsNoDelayAndCapsUnsentData()
+    {
+        using var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen();
+        using var client = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        client.Connect(listener.LocalEndPoint!);
+        using var accepted = listener.Accept();
+        Assert.False(accepted.NoDelay);
+
+        NbdServer.ConfigureTcp(accepted);
+
+        Assert.True(accepted.NoDelay);
+        var lowWater = new byte[4];
+        Assert.Equal(4, accepted.GetRawSocketOption(6, 25, lowWater)); // IPPROTO_TCP, TCP_NOTSENT_LOWAT
+        Assert.Equal(NbdServer.UnsentDataLimit, BitConverter.ToInt32(lowWater));
+    }
 }

@@ -17,6 +17,12 @@ namespace Nbd.Server;
 /// </summary>
 public sealed class NbdServer : IDisposable
 {
+    /// <summary>The most a TCP socket may hold queued but unsent before a send blocks; see <see cref="ConfigureTcp"/>.</summary>
+    internal const int UnsentDataLimit = 128 * 1024;
+
+    private const int IpProtocolTcp = 6;
+    private const int TcpNotSentLowWater = 25;
+
     private readonly List<NbdExport> _exports;
     private readonly Dictionary<string, NbdExport> _byName;
     private readonly Dictionary<NbdExport, BlockSizeConstraints> _blockSizes = [];
@@ -405,11 +411,33 @@ public sealed class NbdServer : IDisposable
 
             if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
             {
-                client.NoDelay = true;
+                ConfigureTcp(client);
             }
 
             var remote = client.RemoteEndPoint?.ToString() is { Length: > 0 } r ? r : listener.Name;
             Serve(new SocketTransport(client, _receivePolling), remote);
+        }
+    }
+
+    /// <summary>
+    /// Sets up an accepted TCP connection. TCP_NODELAY: a reply must not wait for the client's acknowledgement
+    /// of the previous one (qemu-nbd's clients stall 40 ms per round trip without it). TCP_NOTSENT_LOWAT: a send
+    /// blocks while more than <see cref="UnsentDataLimit"/> is queued unsent. Without that cap a sendfile reply
+    /// queues up to the whole send buffer, which the kernel then transmits from the receiver's acknowledgements;
+    /// with a client on the same host (loopback, or a pod's veth) that work runs on the client's CPU, and costs
+    /// it more than the server saved. Measured with nbdcopy reading over 4 loopback connections: 1.11× nbdkit's
+    /// throughput with the cap, 0.91× without. A remote client sees less data buffered ahead of the network.
+    /// </summary>
+    internal static void ConfigureTcp(Socket client)
+    {
+        client.NoDelay = true;
+        try
+        {
+            client.SetRawSocketOption(IpProtocolTcp, TcpNotSentLowWater, BitConverter.GetBytes(UnsentDataLimit));
+        }
+        catch (SocketException)
+        {
+            // A kernel without the option (before 3.12): the connection works as before.
         }
     }
 
