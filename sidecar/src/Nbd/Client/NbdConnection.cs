@@ -23,7 +23,7 @@ public sealed class NbdConnection : IAsyncDisposable
     private readonly NegotiatedExport _export;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
     private readonly SocketStream? _socketStream;
-    private readonly Lock _sendLock = new();
+    private readonly RequestSender? _sender;
     private readonly byte[] _sendBuffer = new byte[NbdLimits.ExtendedRequestHeaderSize + SmallPayload];
     private readonly Dictionary<ulong, Pending> _pending = [];
     private readonly Lock _gate = new();
@@ -60,6 +60,7 @@ public sealed class NbdConnection : IAsyncDisposable
         MaxPayload = (int)Math.Min(AlignDown(maximum, minimum), 1u << 30);
         MaxEffectLength = export.Style == HeaderStyle.Extended ? long.MaxValue & ~(long)(minimum - 1) : (long)AlignDown(uint.MaxValue, minimum);
         _socketStream = stream as SocketStream;
+        _sender = _socketStream is null ? null : new RequestSender(_socketStream);
         _readLoop = _socketStream is null
             ? Task.Run(ReadLoopAsync)
             : Task.Factory.StartNew(ReadLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
@@ -340,13 +341,11 @@ public sealed class NbdConnection : IAsyncDisposable
         {
             try
             {
-                if (_socketStream is { } socket)
+                if (_sender is { } sender)
                 {
-                    lock (_sendLock)
-                    {
-                        var n = Transmission.WriteRequest(new NbdRequest(CommandFlags.None, NbdCommand.Disconnect, 0, 0, 0), HeaderStyle, _sendBuffer);
-                        socket.Send(_sendBuffer.AsSpan(0, n), default);
-                    }
+                    Span<byte> header = stackalloc byte[NbdLimits.ExtendedRequestHeaderSize];
+                    var n = Transmission.WriteRequest(new NbdRequest(CommandFlags.None, NbdCommand.Disconnect, 0, 0, 0), HeaderStyle, header);
+                    sender.Send(header[..n], default);
                 }
                 else
                 {
@@ -547,9 +546,9 @@ public sealed class NbdConnection : IAsyncDisposable
             _pending.Add(cookie, pending);
         }
 
-        if (_socketStream is { } socket)
+        if (_sender is { } sender)
         {
-            SendBlocking(socket, cookie, command, flags, offset, length, payload.Span, cancellationToken);
+            SendBlocking(sender, cookie, command, flags, offset, length, payload, cancellationToken);
             return await WaitAsync(pending, cancellationToken).ConfigureAwait(false);
         }
 
@@ -596,8 +595,8 @@ public sealed class NbdConnection : IAsyncDisposable
         return await WaitAsync(pending, cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>Sends one request with one gather write, under the send lock, blocking while the socket is full.</summary>
-    private void SendBlocking(SocketStream socket, ulong cookie, NbdCommand command, CommandFlags flags, long offset, long length, ReadOnlySpan<byte> payload, CancellationToken cancellationToken)
+    /// <summary>Sends one request, or queues it behind the thread sending (see <see cref="RequestSender"/>).</summary>
+    private void SendBlocking(RequestSender sender, ulong cookie, NbdCommand command, CommandFlags flags, long offset, long length, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
         try
         {
@@ -615,12 +614,9 @@ public sealed class NbdConnection : IAsyncDisposable
 
         try
         {
-            lock (_sendLock)
-            {
-                var request = new NbdRequest(flags, command, cookie, (ulong)offset, (ulong)length);
-                var headerLength = Transmission.WriteRequest(request, HeaderStyle, _sendBuffer);
-                socket.Send(_sendBuffer.AsSpan(0, headerLength), payload);
-            }
+            Span<byte> header = stackalloc byte[NbdLimits.ExtendedRequestHeaderSize];
+            var headerLength = Transmission.WriteRequest(new NbdRequest(flags, command, cookie, (ulong)offset, (ulong)length), HeaderStyle, header);
+            sender.Send(header[..headerLength], payload);
         }
         catch (Exception e) when (e is IOException or ObjectDisposedException or SocketException)
         {

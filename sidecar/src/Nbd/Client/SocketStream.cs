@@ -19,6 +19,9 @@ internal sealed partial class SocketStream : Stream
     private const int ONonBlock = 0x800;
     private const int EIntr = 4;
 
+    /// <summary>IOV_MAX on Linux: the most vectors one sendmsg takes.</summary>
+    private const int MaxVectorsPerCall = 1024;
+
     private readonly SafeHandle _handle;
     private readonly bool _ownsSocket;
     private int _disposed;
@@ -90,48 +93,62 @@ internal sealed partial class SocketStream : Stream
     /// <summary>Sends <paramref name="header"/> then <paramref name="payload"/> with as few sendmsg calls as the socket allows.</summary>
     public unsafe void Send(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
     {
+        fixed (byte* h = header)
+        fixed (byte* p = payload)
+        {
+            var vectors = stackalloc IoVec[2];
+            var count = 0;
+            if (!header.IsEmpty)
+            {
+                vectors[count++] = new IoVec { Base = h, Length = (nuint)header.Length };
+            }
+
+            if (!payload.IsEmpty)
+            {
+                vectors[count++] = new IoVec { Base = p, Length = (nuint)payload.Length };
+            }
+
+            SendAll(vectors, count);
+        }
+    }
+
+    /// <summary>Sends every byte the <paramref name="count"/> vectors describe, in order; the vectors are consumed.</summary>
+    public unsafe void SendAll(IoVec* vectors, int count)
+    {
         var added = false;
         try
         {
             _handle.DangerousAddRef(ref added);
             var fd = (int)_handle.DangerousGetHandle();
-            fixed (byte* h = header)
-            fixed (byte* p = payload)
+            var first = 0;
+            while (count > 0)
             {
-                var vectors = stackalloc IoVec[2];
-                vectors[0] = new IoVec { Base = h, Length = (nuint)header.Length };
-                vectors[1] = new IoVec { Base = p, Length = (nuint)payload.Length };
-                var first = header.IsEmpty ? 1 : 0;
-                var count = payload.IsEmpty ? 1 - first : 2 - first;
-                while (count > 0)
+                var message = new MsgHdr { Iov = vectors + first, IovLen = (nuint)Math.Min(count, MaxVectorsPerCall) };
+                var sent = SendMsg(fd, &message, MsgNoSignal);
+                if (sent < 0)
                 {
-                    var message = new MsgHdr { Iov = vectors + first, IovLen = (nuint)count };
-                    var sent = SendMsg(fd, &message, MsgNoSignal);
-                    if (sent < 0)
+                    var errno = Marshal.GetLastPInvokeError();
+                    if (errno == EIntr)
                     {
-                        var errno = Marshal.GetLastPInvokeError();
-                        if (errno == EIntr)
-                        {
-                            continue;
-                        }
-
-                        throw Error("send", errno);
+                        continue;
                     }
 
-                    // Advance past what went out.
-                    var left = (nuint)sent;
-                    while (count > 0 && left >= vectors[first].Length)
-                    {
-                        left -= vectors[first].Length;
-                        first++;
-                        count--;
-                    }
+                    throw Error("send", errno);
+                }
 
-                    if (count > 0)
-                    {
-                        vectors[first].Base += left;
-                        vectors[first].Length -= left;
-                    }
+                // Advance past what went out.
+                var left = (nuint)sent;
+                while (count > 0 && left >= vectors[first].Length)
+                {
+                    left -= vectors[first].Length;
+                    first++;
+                    count--;
+                }
+
+                if (count > 0)
+                {
+                    vectors[first].Base += left;
+                    vectors[first].Length -= left;
                 }
             }
         }
@@ -248,8 +265,9 @@ internal sealed partial class SocketStream : Stream
     [LibraryImport("libc", EntryPoint = "fcntl", SetLastError = true)]
     private static partial int Fcntl(int fd, int command, int argument);
 
+    /// <summary>One piece of a gather write (struct iovec).</summary>
     [StructLayout(LayoutKind.Sequential)]
-    private unsafe struct IoVec
+    public unsafe struct IoVec
     {
         public byte* Base;
         public nuint Length;
