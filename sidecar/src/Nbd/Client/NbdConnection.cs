@@ -548,7 +548,7 @@ public sealed class NbdConnection : IAsyncDisposable
 
         if (_sender is { } sender)
         {
-            SendBlocking(sender, cookie, command, flags, offset, length, payload, cancellationToken);
+            SendPlain(sender, cookie, command, flags, offset, length, payload, cancellationToken);
             return await WaitAsync(pending, cancellationToken).ConfigureAwait(false);
         }
 
@@ -596,7 +596,7 @@ public sealed class NbdConnection : IAsyncDisposable
     }
 
     /// <summary>Sends one request, or queues it behind the thread sending (see <see cref="RequestSender"/>).</summary>
-    private void SendBlocking(RequestSender sender, ulong cookie, NbdCommand command, CommandFlags flags, long offset, long length, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
+    private void SendPlain(RequestSender sender, ulong cookie, NbdCommand command, CommandFlags flags, long offset, long length, ReadOnlyMemory<byte> payload, CancellationToken cancellationToken)
     {
         try
         {
