@@ -7,8 +7,8 @@ namespace Nbd.Client;
 /// A connected plain socket (unix or TCP, no TLS) driven with blocking system calls on its descriptor: no epoll,
 /// no thread-pool hand-offs. Reads block the calling thread (the connection's dedicated reader thread, or the
 /// handshake), bulk payloads are received straight into the caller's memory with MSG_WAITALL, and request headers
-/// and payloads go out in gather writes (sendmsg; see <see cref="RequestSender"/>). The async Stream methods complete synchronously;
-/// disposing (shutdown) wakes a blocked reader.
+/// and payloads go out in gather writes (sendmsg; see <see cref="RequestSender"/>). The async Stream methods
+/// complete synchronously; disposing (shutdown) wakes a blocked reader.
 /// </summary>
 internal sealed partial class SocketStream : Stream
 {
