@@ -22,7 +22,6 @@ public sealed class NbdConnection : IAsyncDisposable
     private readonly StreamBuffer _in;
     private readonly NegotiatedExport _export;
     private readonly SemaphoreSlim _writeLock = new(1, 1);
-    private readonly SocketStream? _socketStream;
     private readonly RequestSender? _sender;
     private readonly byte[] _sendBuffer = new byte[NbdLimits.ExtendedRequestHeaderSize + SmallPayload];
     private readonly Dictionary<ulong, Pending> _pending = [];
@@ -59,9 +58,9 @@ public sealed class NbdConnection : IAsyncDisposable
         BlockSizes = new BlockSizeConstraints(minimum, preferred, maximum);
         MaxPayload = (int)Math.Min(AlignDown(maximum, minimum), 1u << 30);
         MaxEffectLength = export.Style == HeaderStyle.Extended ? long.MaxValue & ~(long)(minimum - 1) : (long)AlignDown(uint.MaxValue, minimum);
-        _socketStream = stream as SocketStream;
-        _sender = _socketStream is null ? null : new RequestSender(_socketStream);
-        _readLoop = _socketStream is null
+        var socketStream = stream as SocketStream;
+        _sender = socketStream is null ? null : new RequestSender(socketStream);
+        _readLoop = socketStream is null
             ? Task.Run(ReadLoopAsync)
             : Task.Factory.StartNew(ReadLoopAsync, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Unwrap();
     }

@@ -76,39 +76,27 @@ internal sealed partial class SocketStream : Stream
         }
     }
 
-    public override void Write(ReadOnlySpan<byte> buffer) => Send(buffer, default);
+    public override void Write(ReadOnlySpan<byte> buffer) => Send(buffer);
 
-    public override void Write(byte[] buffer, int offset, int count) => Send(buffer.AsSpan(offset, count), default);
+    public override void Write(byte[] buffer, int offset, int count) => Send(buffer.AsSpan(offset, count));
 
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        Send(buffer.Span, default);
+        Send(buffer.Span);
         return ValueTask.CompletedTask;
     }
 
     public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         WriteAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
 
-    /// <summary>Sends <paramref name="header"/> then <paramref name="payload"/> with as few sendmsg calls as the socket allows.</summary>
-    public unsafe void Send(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
+    /// <summary>Sends all of <paramref name="data"/> (the handshake's writes; requests go through <see cref="RequestSender"/>).</summary>
+    private unsafe void Send(ReadOnlySpan<byte> data)
     {
-        fixed (byte* h = header)
-        fixed (byte* p = payload)
+        fixed (byte* start = data)
         {
-            var vectors = stackalloc IoVec[2];
-            var count = 0;
-            if (!header.IsEmpty)
-            {
-                vectors[count++] = new IoVec { Base = h, Length = (nuint)header.Length };
-            }
-
-            if (!payload.IsEmpty)
-            {
-                vectors[count++] = new IoVec { Base = p, Length = (nuint)payload.Length };
-            }
-
-            SendAll(vectors, count);
+            var vector = new IoVec { Base = start, Length = (nuint)data.Length };
+            SendAll(&vector, data.IsEmpty ? 0 : 1);
         }
     }
 
