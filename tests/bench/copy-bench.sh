@@ -2,9 +2,9 @@
 # Benchmark of `nbd-sidecar copy` side by side with nbdcopy and `qemu-img convert -W` (a benchmark, never a test).
 # Images: a dense one (random data) and one with 10% data (sparse-random), served by nbdkit's file plugin
 # (or qemu-nbd with --server qemu-nbd) over a unix socket; destinations: a new local file, and an NBD export
-# of a fresh sparse file by the same server. Tools run alternating, ROUNDS times; medians are printed with
-# seconds, MiB/s, CPU-seconds (user+sys) and peak RSS, and our ratio to the best reference:
-# throughput ratio (higher is better) for dense, elapsed-time ratio (lower is better) for sparse.
+# of a fresh sparse file by the same server. Tools run alternating, ROUNDS times, in an order that rotates every
+# round; medians are printed with seconds, MiB/s, CPU-seconds (user+sys) and peak RSS, and our ratio to the best
+# reference: throughput ratio (higher is better) for dense, elapsed-time ratio (lower is better) for sparse.
 # nbd-sidecar makes the copy durable before it exits (it flushes the destination), so the references it is
 # measured against do too: `nbdcopy --flush` and `qemu-img convert -t writeback`. The tools' defaults
 # (nbdcopy without --flush, qemu-img's cache=unsafe for a file) leave the data in the page cache; they run as
@@ -110,10 +110,15 @@ run_one() { # run_one IMAGE DESTKIND TOOL
   echo "$image $kind $tool $out" >> "$RESULTS"
 }
 
+# The order of the tools rotates every round: a run right after another copy finds a different page cache and
+# writeback state than the first run of a group, and that position must not always fall on the same tool.
+TOOLS=(nbd-sidecar ${BASELINE:+nbd-sidecar-base} nbdcopy+flush qemu-img+wb nbdcopy qemu-img)
 for round in $(seq "$ROUNDS"); do
+  shift_by=$(( (round - 1) % ${#TOOLS[@]} ))
+  order=("${TOOLS[@]:shift_by}" "${TOOLS[@]:0:shift_by}")
   for image in dense sparse; do
     for kind in file nbd; do
-      for tool in nbd-sidecar ${BASELINE:+nbd-sidecar-base} nbdcopy+flush qemu-img+wb nbdcopy qemu-img; do
+      for tool in "${order[@]}"; do
         run_one "$image" "$kind" "$tool"
       done
     done
