@@ -7,15 +7,18 @@ public class QemuAndNbdcopyTests
 {
     private static byte[] Pattern(int length, int seed) => Enumerable.Range(0, length).Select(i => (byte)((i * 131) ^ seed)).ToArray();
 
+    // qemu-io sends one request at a time: with --poll-us the server busy-polls for each next one.
     [Theory]
-    [InlineData("unix")]
-    [InlineData("tcp")]
-    public void QemuIo_PatternIoAtOddOffsets_ReadsBack(string transport)
+    [InlineData("unix", "0")]
+    [InlineData("tcp", "0")]
+    [InlineData("unix", "64")]
+    [InlineData("tcp", "64")]
+    public void QemuIo_PatternIoAtOddOffsets_ReadsBack(string transport, string pollMicroseconds)
     {
         Peers.Require("qemu-io");
         using var dir = new TempDir();
         var image = dir.SparseImage("disk.img", 16 << 20);
-        using var server = SidecarServer.Start("--export", $"disk={image}");
+        using var server = SidecarServer.Start("--export", $"disk={image}", "--poll-us", pollMicroseconds);
         Peers.Run(
             "qemu-io", "-f", "raw",
             "-c", "write -P 0x5a 1 4095",
