@@ -7,7 +7,7 @@ public class QemuAndNbdcopyTests
 {
     private static byte[] Pattern(int length, int seed) => Enumerable.Range(0, length).Select(i => (byte)((i * 131) ^ seed)).ToArray();
 
-    // qemu-io sends one request at a time: with --poll-us the server busy-polls for each next one.
+    // qemu-io sends one request at a time: the server busy-polls for each next one unless --poll-us is 0.
     [Theory]
     [InlineData("unix", "0")]
     [InlineData("tcp", "0")]

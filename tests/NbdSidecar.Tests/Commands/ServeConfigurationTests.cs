@@ -40,7 +40,7 @@ public class ServeConfigurationTests
     [Fact]
     public void Parse_PollUs_SetsTheReceivePollWindow()
     {
-        Assert.Equal(TimeSpan.Zero, Parse("--export", "disk=memory:1M").ServerOptions.ReceivePollWindow);
+        Assert.Equal(TimeSpan.FromMicroseconds(64), Parse("--export", "disk=memory:1M").ServerOptions.ReceivePollWindow);
         Assert.Equal(TimeSpan.FromMicroseconds(200), Parse("--export", "disk=memory:1M", "--poll-us", "200").ServerOptions.ReceivePollWindow);
         Assert.Equal(TimeSpan.Zero, Parse("--export", "disk=memory:1M", "--poll-us", "0").ServerOptions.ReceivePollWindow);
     }

@@ -64,10 +64,9 @@ public sealed class NbdServerOptions
 
     /// <summary>
     /// Longest a connection on a plain socket busy-polls for its next request before its thread sleeps (see
-    /// <see cref="ReceivePolling"/>); zero, the default, turns polling off. Polling buys latency at queue depth 1
-    /// with CPU time, which a pod's CPU limit counts, so it is the user's choice.
+    /// <see cref="ReceivePolling"/>); zero turns polling off.
     /// </summary>
-    public TimeSpan ReceivePollWindow { get; init; } = TimeSpan.Zero;
+    public TimeSpan ReceivePollWindow { get; init; } = TimeSpan.FromMicroseconds(64);
 
     /// <summary>Use sendfile for read payloads on plain sockets (off only to measure its effect).</summary>
     public bool ZeroCopy { get; init; } = true;

@@ -62,7 +62,7 @@ internal static class ServeCommand
           --drain-timeout SEC       on SIGTERM, time to finish in-flight requests (default 30)
           --poll-us N               busy-poll up to N µs for a queue-depth-1 client's next request before
                                     sleeping: lower latency for more CPU; adapts per connection, at most one
-                                    polling thread per two CPUs (default 0: off; 64 is a good value)
+                                    polling thread per two CPUs (default 64, 0: off)
           --no-zero-copy            send read data through user space instead of sendfile
           --log-level LEVEL         trace, debug, information, warning, error (default information)
         """;
@@ -327,7 +327,7 @@ internal sealed record ServeConfiguration(
             MaxInFlightBytesPerConnection = line.GetSize("max-inflight", 64L << 20, 1L << 20, 16L << 30),
             WorkersPerConnection = (int)line.GetInt64("workers", 8, 0, 256),
             ZeroCopy = !line.Has("no-zero-copy"),
-            ReceivePollWindow = TimeSpan.FromMicroseconds(line.GetInt64("poll-us", 0, 0, 10_000)),
+            ReceivePollWindow = TimeSpan.FromMicroseconds(line.GetInt64("poll-us", 64, 0, 10_000)),
         };
 
         var levelText = line.Get("log-level", "information")!;
