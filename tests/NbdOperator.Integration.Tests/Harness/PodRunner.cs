@@ -374,6 +374,13 @@ public sealed class PodRunner : IAsyncDisposable
         {
             entry.ExitTime = DateTime.UtcNow;
             Mark($"pod {pod.Metadata.Name}: process exited");
+            if (_logger.IsEnabled(LogLevel.Information))
+            {
+                // A failing test prints these lines: why a server pod went away is the first thing to know.
+                _logger.LogInformation("pod {Pod}: pid {Pid} exited with code {Code}; last output:\n{Tail}",
+                    pod.Metadata.Name, process.Id, process.ExitCode, entry.LogTail);
+            }
+
             _kubelet.Enqueue(new ObjectKey(_ns, pod.Metadata.Name));
         };
         entry.CommandLine = $"{psi.FileName} {string.Join(' ', psi.ArgumentList)}";
