@@ -144,6 +144,29 @@ public class NbdConnectionTests
         }
     }
 
+    [Theory]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    public async Task ReadAsync_CompleteOnReaderThread_DecidesWhereTheAwaiterResumes(bool onReaderThread, bool resumesOnThreadPool)
+    {
+        // The server answers only once two requests are in, so the first is still pending when it is awaited.
+        await using var server = new FakeNbdServer(Patterned(), new FakeServerOptions { ReplyBatch = 2 });
+        await using var c = await server.ConnectAsync(NbdClientOptions.Default with { CompleteOnReaderThread = onReaderThread });
+        static async Task<bool> ResumesOnThreadPool(Task request)
+        {
+            await request.ConfigureAwait(false);
+            return Thread.CurrentThread.IsThreadPoolThread;
+        }
+
+        var first = new byte[4096];
+        var resumed = ResumesOnThreadPool(c.ReadAsync(0, first));
+        Assert.False(resumed.IsCompleted);
+        await c.ReadAsync(4096, new byte[4096]);
+
+        Assert.Equal(resumesOnThreadPool, await resumed);
+        Assert.Equal(server.Device.ReadAll(0, 4096), first);
+    }
+
     [Fact]
     public async Task ReadAsync_SplitChunksWithHoles_Reassembles()
     {

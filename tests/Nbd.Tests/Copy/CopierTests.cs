@@ -155,6 +155,70 @@ public class CopierTests
     }
 
     [Fact]
+    public async Task RunAsync_DenseSource_EveryReadIsOneAlignedRequestAndEachByteIsReadOnce()
+    {
+        // A work item holds several requests; on the wire they must still be single, aligned requests.
+        var source = new MemoryDevice(64L * Chunk);
+        source.Write(0, Fill((int)source.Size, 7));
+        var destination = new MemoryDevice(source.Size);
+        var reads = new List<(long Offset, int Length)>();
+        var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, length) => { lock (reads) { reads.Add((offset, length)); } } };
+
+        var result = await new Copier(watched, new DeviceEndpoint(destination, "dst"), Options, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(source.Size, result.BytesCopied);
+        Assert.All(reads, r => Assert.True(r.Offset % Options.RequestSize == 0 && r.Length == Options.RequestSize, $"read {r.Offset}+{r.Length}"));
+        Assert.Equal(source.Size / Options.RequestSize, reads.Count);
+        Assert.Equal(reads.Count, reads.Select(r => r.Offset).Distinct().Count());
+    }
+
+    [Fact]
+    public async Task RunAsync_CancelledMidway_CheckpointHoldsOnlyFinishedRequestsAndTheResumeCompletesTheCopy()
+    {
+        using var dir = new TempDirectory();
+        var checkpoint = dir.File("cp.json");
+        var source = new MemoryDevice(64L * Chunk);
+        source.Write(0, Fill((int)source.Size, 9));
+        var destination = new MemoryDevice(source.Size);
+        using var stop = new CancellationTokenSource();
+        var writes = 0;
+        var cancelling = new FaultyEndpoint(new DeviceEndpoint(destination, "dst"))
+        {
+            OnWrite = (_, _) =>
+            {
+                if (Interlocked.Increment(ref writes) == 10)
+                {
+                    stop.Cancel();
+                }
+
+                return true;
+            },
+        };
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            new Copier(new DeviceEndpoint(source, "src"), cancelling, Options with { CheckpointPath = checkpoint }, "src", "dst").RunAsync(stop.Token));
+
+        // Stopped well short of the end, and every range the checkpoint calls done is really there.
+        var saved = Checkpoint.Load(checkpoint)!;
+        var done = saved.Completed.Sum(r => r.End - r.Start);
+        Assert.InRange(done, 10L * Options.RequestSize, source.Size / 2);
+        foreach (var (start, end) in saved.Completed)
+        {
+            Assert.Equal(All(source)[(int)start..(int)end], All(destination)[(int)start..(int)end]);
+        }
+
+        var reads = new List<long>();
+        var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, _) => { lock (reads) { reads.Add(offset); } } };
+        var result = await new Copier(watched, new DeviceEndpoint(destination, "dst"), Options with { CheckpointPath = checkpoint }, "src", "dst")
+            .RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.Equal(done, result.ResumedFrom);
+        Assert.Equal((source.Size - done) / Options.RequestSize, reads.Count);
+    }
+
+    [Fact]
     public async Task RunAsync_CheckpointOfAnotherCopy_Refused()
     {
         using var dir = new TempDirectory();

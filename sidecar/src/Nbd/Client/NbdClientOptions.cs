@@ -31,6 +31,13 @@ public sealed record NbdClientOptions
     /// Larger calls are split into several pipelined requests.
     /// </summary>
     public uint DefaultMaximumPayload { get; init; } = NbdLimits.PortablePayload;
+
+    /// <summary>
+    /// Run what awaits a request on the connection's reader thread as soon as its reply arrives, instead of posting
+    /// it to the thread pool. A copy loop saves a thread hand-off per request this way; the price is that code
+    /// awaiting a reply must never block, since a blocked continuation stalls every later reply of the connection.
+    /// </summary>
+    public bool CompleteOnReaderThread { get; init; }
 }
 
 /// <summary>

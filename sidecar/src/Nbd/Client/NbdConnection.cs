@@ -28,6 +28,7 @@ public sealed class NbdConnection : IAsyncDisposable
     private readonly Lock _gate = new();
     private readonly uint? _allocationContext;
     private readonly Task _readLoop;
+    private readonly TaskCreationOptions _completionOptions;
     private ulong _nextCookie;
     private Exception? _failure;
     private bool _disconnecting;
@@ -37,6 +38,7 @@ public sealed class NbdConnection : IAsyncDisposable
         _stream = stream;
         _in = input;
         _export = export;
+        _completionOptions = options.CompleteOnReaderThread ? TaskCreationOptions.None : TaskCreationOptions.RunContinuationsAsynchronously;
         Socket = export.Tls ? null : socket;
         foreach (var context in export.MetaContexts)
         {
@@ -532,7 +534,7 @@ public sealed class NbdConnection : IAsyncDisposable
         ReadOnlyMemory<byte> payload,
         CancellationToken cancellationToken)
     {
-        var pending = new Pending(command, (ulong)offset, (ulong)length, readBuffer);
+        var pending = new Pending(command, (ulong)offset, (ulong)length, readBuffer, _completionOptions);
         ulong cookie;
         lock (_gate)
         {
@@ -937,7 +939,7 @@ public sealed class NbdConnection : IAsyncDisposable
     }
 
     /// <summary>A request waiting for its reply.</summary>
-    private sealed class Pending(NbdCommand command, ulong offset, ulong length, Memory<byte> buffer)
+    private sealed class Pending(NbdCommand command, ulong offset, ulong length, Memory<byte> buffer, TaskCreationOptions completion)
     {
         public NbdCommand Command { get; } = command;
 
@@ -957,7 +959,7 @@ public sealed class NbdConnection : IAsyncDisposable
 
         public ulong? ErrorOffset { get; private set; }
 
-        public TaskCompletionSource<Pending> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource<Pending> Completion { get; } = new(completion);
 
         public void SetError(NbdError error, string? message, ulong? offset)
         {

@@ -22,6 +22,7 @@ public sealed class Copier
 
     private const long ExtentWindow = 1L << 30;
     private const long MaxZeroItem = 1L << 30;
+    private const int RequestsPerItem = 8;
 
     private readonly ICopyEndpoint _source;
     private readonly ICopyEndpoint _destination;
@@ -153,7 +154,7 @@ public sealed class Copier
                 {
                     await foreach (var item in channel.Reader.ReadAllAsync(abort.Token).ConfigureAwait(false))
                     {
-                        await ProcessAsync(lane, item, buffer, zeroBlock, abort.Token).ConfigureAwait(false);
+                        await ProcessAsync(lane, item, buffer, zeroBlock, cancellationToken, abort.Token).ConfigureAwait(false);
                     }
                 }
                 catch (OperationCanceledException)
@@ -430,10 +431,12 @@ public sealed class Copier
                         continue;
                     }
 
-                    // Data pieces end on multiples of the request size so requests stay aligned.
+                    // Data items end on multiples of the request size so requests stay aligned. One item holds
+                    // several requests, copied one after another by one worker, so that the producer, parked on the
+                    // full channel, is woken once per several requests rather than once per request.
                     for (var d = s; d < e;)
                     {
-                        var next = Math.Min(e, ((d / requestSize) + 1) * requestSize);
+                        var next = Math.Min(e, ((d / requestSize) + RequestsPerItem) * requestSize);
                         await writer.WriteAsync(new WorkItem(d, next - d, false), stop).ConfigureAwait(false);
                         d = next;
                     }
@@ -503,8 +506,17 @@ public sealed class Copier
         return output;
     }
 
-    private async Task ProcessAsync(int lane, WorkItem item, byte[] buffer, int zeroBlock, CancellationToken abort)
+    /// <summary>
+    /// Copies one work item. Once <paramref name="stop"/> is cancelled it starts no further request: what it did
+    /// finish is in the completed ranges, and a resumed copy does the rest.
+    /// </summary>
+    private async Task ProcessAsync(int lane, WorkItem item, byte[] buffer, int zeroBlock, CancellationToken stop, CancellationToken abort)
     {
+        if (stop.IsCancellationRequested)
+        {
+            return;
+        }
+
         if (item.Zero)
         {
             await WithRetriesAsync(CopyFailureKind.Destination, _destination, lane, item.Offset, item.Length, "zeroing",
@@ -513,15 +525,26 @@ public sealed class Copier
             return;
         }
 
-        var length = (int)item.Length;
-        var data = buffer.AsMemory(0, length);
-        await WithRetriesAsync(CopyFailureKind.Source, _source, lane, item.Offset, length, "reading",
-            () => _source.ReadAsync(lane, item.Offset, data, abort), abort).ConfigureAwait(false);
+        // The buffer holds one request; the pieces end where the producer's request boundaries are.
+        var end = item.Offset + item.Length;
+        for (var at = item.Offset; at < end && !stop.IsCancellationRequested;)
+        {
+            var next = Math.Min(end, ((at / buffer.Length) + 1) * buffer.Length);
+            await CopyRequestAsync(lane, at, buffer.AsMemory(0, (int)(next - at)), zeroBlock, abort).ConfigureAwait(false);
+            at = next;
+        }
+    }
+
+    private async Task CopyRequestAsync(int lane, long offset, Memory<byte> data, int zeroBlock, CancellationToken abort)
+    {
+        var length = data.Length;
+        await WithRetriesAsync(CopyFailureKind.Source, _source, lane, offset, length, "reading",
+            () => _source.ReadAsync(lane, offset, data, abort), abort).ConfigureAwait(false);
 
         if (!_options.DetectZeroes)
         {
-            await WriteAsync(lane, item.Offset, data, abort).ConfigureAwait(false);
-            Complete(item.Offset, length, length, 0);
+            await WriteAsync(lane, offset, data, abort).ConfigureAwait(false);
+            Complete(offset, length, length, 0);
             return;
         }
 
@@ -530,9 +553,9 @@ public sealed class Copier
         var pos = 0;
         while (pos < length)
         {
-            var zero = IsZeroBlock(data.Span, item.Offset, pos, zeroBlock, out var blockEnd);
+            var zero = IsZeroBlock(data.Span, offset, pos, zeroBlock, out var blockEnd);
             var runEnd = blockEnd;
-            while (runEnd < length && IsZeroBlock(data.Span, item.Offset, runEnd, zeroBlock, out var nextEnd) == zero)
+            while (runEnd < length && IsZeroBlock(data.Span, offset, runEnd, zeroBlock, out var nextEnd) == zero)
             {
                 runEnd = nextEnd;
             }
@@ -542,7 +565,7 @@ public sealed class Copier
             {
                 if (!_targetIsZero)
                 {
-                    var at = item.Offset + pos;
+                    var at = offset + pos;
                     await WithRetriesAsync(CopyFailureKind.Destination, _destination, lane, at, run, "zeroing",
                         () => _destination.ZeroAsync(lane, at, run, abort), abort).ConfigureAwait(false);
                 }
@@ -551,14 +574,14 @@ public sealed class Copier
             }
             else
             {
-                await WriteAsync(lane, item.Offset + pos, data.Slice(pos, run), abort).ConfigureAwait(false);
+                await WriteAsync(lane, offset + pos, data.Slice(pos, run), abort).ConfigureAwait(false);
                 copied += run;
             }
 
             pos = runEnd;
         }
 
-        Complete(item.Offset, length, copied, skipped);
+        Complete(offset, length, copied, skipped);
     }
 
     private static bool IsZeroBlock(ReadOnlySpan<byte> data, long baseOffset, int pos, int zeroBlock, out int end)

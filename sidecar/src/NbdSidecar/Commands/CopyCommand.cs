@@ -147,9 +147,16 @@ internal static class CopyCommand
             throw new UsageException("null: can only be a destination");
         }
 
-        var clientOptions = ClientOptionsText.Build(cli);
         var sourceUri = NbdUri.LooksLikeNbdUri(sourceText) ? ClientOptionsText.ParseUri(sourceText) : null;
         var destinationUri = NbdUri.LooksLikeNbdUri(destinationText) ? ClientOptionsText.ParseUri(destinationText) : null;
+
+        // Between two NBD ends every step of the copy loop is a request, so a reply may resume the loop on the
+        // connection's reader thread: a thread hand-off less per request. A file or device end would put its
+        // blocking reads or writes on that thread and hold up every reply behind them.
+        var clientOptions = ClientOptionsText.Build(cli) with
+        {
+            CompleteOnReaderThread = sourceUri is not null && (destinationUri is not null || destinationText == "null:"),
+        };
 
         if (cli.Has("remove-checkpoint") && cli.Get("checkpoint") is null)
         {
