@@ -68,6 +68,34 @@ public class CopyInteropTests
         Assert.InRange(Peers.AllocatedBytes(target), 1, 8L << 20);
     }
 
+    [Theory]
+    [InlineData(new string[0], 0)]
+    [InlineData(new[] { "--flush-every", "1M" }, 2)]
+    public async Task Copy_ToNbdkit_FlushesEveryFlushEveryBytesWhileCopying(string[] options, int atLeastFlushesBeforeTheLastWrite)
+    {
+        using var scratch = new Scratch();
+
+        // A slow source (10 ms a read, two in flight) gives the flusher time to act while the copy runs.
+        var (source, sourceUri) = await Peers.NbdkitAsync(scratch, "--filter=delay", "pattern", "16M", "rdelay=10ms");
+        using var sourceServer = source;
+        var log = scratch.File("dst.log");
+        var (destination, destinationUri) = await Peers.NbdkitAsync(scratch, "--filter=log", "memory", "16M", $"logfile={log}");
+        using var destinationServer = destination;
+
+        var (exit, _, stderr) = await CopyAsync([sourceUri, destinationUri, "--requests", "2", "--connections", "1", "--request-size", "256k", .. options]);
+
+        Assert.True(exit == 0, stderr);
+        destination.Kill();
+        // The log filter writes "Write id=…" when a request arrives and "...Write id=…" when it is answered.
+        var lines = await File.ReadAllLinesAsync(log);
+        static bool Is(string line, string command) => line.Contains($" {command} id=", StringComparison.Ordinal);
+        var lastWrite = Array.FindLastIndex(lines, l => Is(l, "Write"));
+        Assert.True(lastWrite > 0, "no writes logged");
+        var flushesBefore = lines.Take(lastWrite).Count(l => Is(l, "Flush"));
+        Assert.InRange(flushesBefore, atLeastFlushesBeforeTheLastWrite, atLeastFlushesBeforeTheLastWrite == 0 ? 0 : 16);
+        Assert.Contains(lines.Skip(lastWrite + 1), l => Is(l, "Flush"));
+    }
+
     [Fact]
     public async Task Copy_PatternToDirectory_WritesDiskImgLikeNbdcopy()
     {
@@ -275,6 +303,7 @@ public class CopyInteropTests
     [InlineData("only-one-arg")]
     [InlineData("nbd://h:x/ out.img")]
     [InlineData("a b --request-size 3000")]
+    [InlineData("a b --flush-every lots")]
     [InlineData("a b --bogus")]
     [InlineData("a null: --verify")]
     public async Task Copy_BadCommandLine_UsageExit2(string args)

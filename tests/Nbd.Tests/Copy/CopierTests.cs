@@ -219,6 +219,40 @@ public class CopierTests
     }
 
     [Fact]
+    public async Task RunAsync_FlushEvery_FlushesTheDestinationWhileTheCopyRuns()
+    {
+        var source = new MemoryDevice(64L * Chunk);
+        source.Write(0, Fill((int)source.Size, 11));
+        var destination = new MemoryDevice(source.Size);
+        var flushes = 0;
+        using var flushed = new ManualResetEventSlim();
+        var flushing = new FaultyEndpoint(new DeviceEndpoint(destination, "dst")) { OnFlush = () => { Interlocked.Increment(ref flushes); flushed.Set(); } };
+
+        // Reads of the second half wait for a flush: by then more than FlushEvery bytes have been written.
+        var gated = new FaultyEndpoint(new DeviceEndpoint(source, "src"))
+        {
+            OnRead = (offset, _) => Assert.True(offset < source.Size / 2 || flushed.Wait(TimeSpan.FromSeconds(30)), "no flush during the copy"),
+        };
+        await new Copier(gated, flushing, Options with { FlushEvery = 4 * Options.RequestSize }, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(All(source), All(destination));
+        Assert.True(flushes >= 2, $"{flushes} flushes");
+    }
+
+    [Fact]
+    public async Task RunAsync_FlushEveryZero_FlushesOnlyAtTheEnd()
+    {
+        var source = new MemoryDevice(64L * Chunk);
+        source.Write(0, Fill((int)source.Size, 12));
+        var flushes = 0;
+        var destination = new FaultyEndpoint(new DeviceEndpoint(new MemoryDevice(source.Size), "dst")) { OnFlush = () => Interlocked.Increment(ref flushes) };
+
+        await new Copier(new DeviceEndpoint(source, "src"), destination, Options with { FlushEvery = 0 }, "src", "dst").RunAsync(CancellationToken.None);
+
+        Assert.Equal(1, flushes);
+    }
+
+    [Fact]
     public async Task RunAsync_CheckpointOfAnotherCopy_Refused()
     {
         using var dir = new TempDirectory();
@@ -468,7 +502,14 @@ internal sealed class FaultyEndpoint(ICopyEndpoint inner) : ICopyEndpoint
         return inner.ZeroAsync(lane, offset, length, cancellationToken);
     }
 
-    public Task FlushAsync(CancellationToken cancellationToken) => inner.FlushAsync(cancellationToken);
+    /// <summary>Called before a flush.</summary>
+    public Action? OnFlush { get; init; }
+
+    public Task FlushAsync(CancellationToken cancellationToken)
+    {
+        OnFlush?.Invoke();
+        return inner.FlushAsync(cancellationToken);
+    }
 
     public Task GetExtentsAsync(int lane, long offset, long length, List<Extent> extents, CancellationToken cancellationToken) =>
         inner.GetExtentsAsync(lane, offset, length, extents, cancellationToken);

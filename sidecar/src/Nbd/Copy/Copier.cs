@@ -37,6 +37,8 @@ public sealed class Copier
     private long _verified;
     private bool _targetIsZero;
     private CopyPhase _phase = CopyPhase.Copying;
+    private TaskCompletionSource _flushDue = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private long _copiedAtFlush;
 
     /// <param name="source">Where data comes from.</param>
     /// <param name="destination">Where it goes; at least as large as the source.</param>
@@ -167,15 +169,15 @@ public sealed class Copier
             }, CancellationToken.None);
         }
 
-        using var checkpointStop = new CancellationTokenSource();
-        var checkpointer = _options.CheckpointPath is null
+        using var flusherStop = new CancellationTokenSource();
+        var flusher = _options.CheckpointPath is null && _options.FlushEvery <= 0
             ? Task.CompletedTask
-            : Task.Run(() => CheckpointLoopAsync(Failed, abort.Token, checkpointStop.Token), CancellationToken.None);
+            : Task.Run(() => FlushLoopAsync(Failed, abort.Token, flusherStop.Token), CancellationToken.None);
 
         await producer.ConfigureAwait(false);
         await Task.WhenAll(workers).ConfigureAwait(false);
-        await checkpointStop.CancelAsync().ConfigureAwait(false);
-        await checkpointer.ConfigureAwait(false);
+        await flusherStop.CancelAsync().ConfigureAwait(false);
+        await flusher.ConfigureAwait(false);
 
         if (failure is not null)
         {
@@ -253,7 +255,7 @@ public sealed class Copier
         lock (_gate)
         {
             _completed = set;
-            _copied = checkpoint.BytesCopied;
+            _copied = _copiedAtFlush = checkpoint.BytesCopied;
             _skipped = checkpoint.BytesSkipped;
             _resumedFrom = set.TotalBytes;
         }
@@ -272,19 +274,47 @@ public sealed class Copier
         }
     }
 
-    private async Task CheckpointLoopAsync(Action<Exception> failed, CancellationToken abort, CancellationToken stop)
+    /// <summary>
+    /// Flushes the destination while the copy runs: after every <see cref="CopyOptions.FlushEvery"/> bytes written
+    /// (see <see cref="Complete"/>), and every <see cref="CopyOptions.CheckpointInterval"/> when there is a checkpoint,
+    /// which is saved after each flush. Writes go on meanwhile; a flush covers those that completed before it.
+    /// </summary>
+    private async Task FlushLoopAsync(Action<Exception> failed, CancellationToken abort, CancellationToken stop)
     {
+        var checkpoint = _options.CheckpointPath;
         try
         {
             while (true)
             {
-                await Task.Delay(_options.CheckpointInterval, stop).ConfigureAwait(false);
+                Task due;
+                lock (_gate)
+                {
+                    due = _flushDue.Task;
+                }
+
+                try
+                {
+                    await due.WaitAsync(checkpoint is null ? Timeout.InfiniteTimeSpan : _options.CheckpointInterval, stop).ConfigureAwait(false);
+                }
+                catch (TimeoutException)
+                {
+                    // The checkpoint interval is up.
+                }
 
                 // Snapshot first, then flush: everything in the snapshot completed before the flush began.
                 var snapshot = SnapshotCheckpoint();
+                lock (_gate)
+                {
+                    _copiedAtFlush = _copied;
+                    _flushDue = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                }
+
                 await WithRetriesAsync(CopyFailureKind.Destination, _destination, 0, 0, 0, "flushing", () => _destination.FlushAsync(abort), abort)
                     .ConfigureAwait(false);
-                snapshot.Save(_options.CheckpointPath!);
+                if (checkpoint is not null)
+                {
+                    snapshot.Save(checkpoint);
+                }
             }
         }
         catch (OperationCanceledException)
@@ -598,12 +628,19 @@ public sealed class Copier
 
     private void Complete(long offset, long length, long copied, long skipped)
     {
+        TaskCompletionSource? flushDue = null;
         lock (_gate)
         {
             _completed.Add(offset, offset + length);
             _copied += copied;
             _skipped += skipped;
+            if (_options.FlushEvery > 0 && _copied - _copiedAtFlush >= _options.FlushEvery)
+            {
+                flushDue = _flushDue;
+            }
         }
+
+        flushDue?.TrySetResult();
     }
 
     /// <summary>True for failures another attempt may cure: transport errors, EIO, a broken connection.</summary>

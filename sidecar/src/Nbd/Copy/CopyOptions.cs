@@ -46,6 +46,19 @@ public sealed record CopyOptions
     /// <summary>Where completed ranges are recorded for resuming; null for none.</summary>
     public string? CheckpointPath { get; init; }
 
+    /// <summary>
+    /// Flush the destination each time this many more bytes were written while the copy runs; 0 (the default)
+    /// flushes only at the end and for checkpoints. The kernel starts writing dirty pages back only once a tenth of
+    /// memory is dirty, so a server writing a copy into its page cache leaves gigabytes for the final flush, written
+    /// while nothing else happens. Flushing as the copy goes overlaps that writeback with the copy and keeps the
+    /// dirty page cache small. A file or device destination needs none of it: <see cref="DeviceEndpoint"/> starts
+    /// writeback of each range as it writes it.
+    /// </summary>
+    public long FlushEvery { get; init; }
+
+    /// <summary>The <c>copy</c> command's <see cref="FlushEvery"/> for an NBD destination.</summary>
+    public const long DefaultNbdFlushEvery = 512L << 20;
+
     /// <summary>How often the checkpoint is written (each time after a destination flush).</summary>
     public TimeSpan CheckpointInterval { get; init; } = TimeSpan.FromSeconds(5);
 

@@ -29,8 +29,9 @@ internal static class CopyCommand
           --progress-json FD|PATH  one JSON progress object per line, at least once a second
           --progress-listen HOST:PORT  serve the latest progress object at GET /progress (and /healthz) over HTTP
           --result-json PATH     write one JSON result object at exit (e.g. /dev/termination-log)
+          --flush-every SIZE     flush the destination after each SIZE written, so its writeback overlaps the copy (0: only at the end; default 512M to NBD, 0 to a file or device, whose writeback starts as each range is written)
           --checkpoint PATH      record completed ranges there and resume from them when rerun
-          --checkpoint-interval SECONDS  how often to flush the destination and save the checkpoint (default 5)
+          --checkpoint-interval SECONDS  save the checkpoint, after a flush, at least this often (default 5)
           --remove-checkpoint    delete the checkpoint once the copy (and --verify) succeeded
           --verify               compare sha256 digests of source and destination after copying
           --retries N            retries of a failed request, with exponential backoff (default 5)
@@ -39,7 +40,7 @@ internal static class CopyCommand
 
     private static readonly string[] ValueOptions =
     [
-        "connections", "requests", "request-size", "progress-json", "progress-listen", "result-json", "checkpoint", "checkpoint-interval",
+        "connections", "requests", "request-size", "flush-every", "progress-json", "progress-listen", "result-json", "checkpoint", "checkpoint-interval",
         "retries", "retry-delay", .. ClientOptionsText.ValueOptions,
     ];
 
@@ -149,6 +150,7 @@ internal static class CopyCommand
 
         var sourceUri = NbdUri.LooksLikeNbdUri(sourceText) ? ClientOptionsText.ParseUri(sourceText) : null;
         var destinationUri = NbdUri.LooksLikeNbdUri(destinationText) ? ClientOptionsText.ParseUri(destinationText) : null;
+        var flushEvery = cli.GetSize("flush-every", destinationUri is null ? 0 : CopyOptions.DefaultNbdFlushEvery);
 
         // Between two NBD ends every step of the copy loop is a request, so a reply may resume the loop on the
         // connection's reader thread: a thread hand-off less per request. A file or device end would put its
@@ -181,6 +183,7 @@ internal static class CopyCommand
             {
                 RequestSize = (int)requestSize,
                 RequestsPerConnection = requests,
+                FlushEvery = flushEvery,
                 DetectZeroes = !cli.Has("no-detect-zeroes"),
                 TargetIsZero = cli.Has("target-is-zero") || created || destination is NullEndpoint,
                 Verify = verify,
