@@ -71,7 +71,7 @@ public class CopyInteropTests
     [Theory]
     [InlineData(new string[0], 0)]
     [InlineData(new[] { "--flush-every", "1M" }, 2)]
-    public async Task Copy_ToNbdkit_FlushesEveryFlushEveryBytesWhileCopying(string[] options, int atLeastFlushesBeforeTheLastWrite)
+    public async Task Copy_ToNbdkit_FlushEveryFlushesWhileTheCopyRuns(string[] options, int atLeastFlushesBeforeTheLastWrite)
     {
         using var scratch = new Scratch();
 
