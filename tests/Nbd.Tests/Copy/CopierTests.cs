@@ -34,6 +34,21 @@ public class CopierTests
         return data;
     }
 
+    /// <summary>64 chunks of random data.</summary>
+    private static MemoryDevice DenseSource(int seed)
+    {
+        var device = new MemoryDevice(64L * Chunk);
+        device.Write(0, Fill((int)device.Size, seed));
+        return device;
+    }
+
+    /// <summary>The device as a copy source that records the offset of every read.</summary>
+    private static (FaultyEndpoint Endpoint, List<long> Reads) RecordingReads(MemoryDevice device)
+    {
+        var reads = new List<long>();
+        return (new FaultyEndpoint(new DeviceEndpoint(device, "src")) { OnRead = (offset, _) => { lock (reads) { reads.Add(offset); } } }, reads);
+    }
+
     private static byte[] All(MemoryDevice device)
     {
         var data = new byte[device.Size];
@@ -140,8 +155,7 @@ public class CopierTests
         destination.Write(0, firstHalf);
         var checkpoint = dir.File("cp.json");
         new Checkpoint("src", "dst", source.Size, destination.Size, 2L * Chunk, half - (2L * Chunk), [(0, half)]).Save(checkpoint);
-        var reads = new List<long>();
-        var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, _) => { lock (reads) { reads.Add(offset); } } };
+        var (watched, reads) = RecordingReads(source);
 
         var result = await new Copier(watched, new DeviceEndpoint(destination, "dst"), Options with { CheckpointPath = checkpoint }, "src", "dst")
             .RunAsync(CancellationToken.None);
@@ -158,8 +172,7 @@ public class CopierTests
     public async Task RunAsync_DenseSource_EveryReadIsOneAlignedRequestAndEachByteIsReadOnce()
     {
         // A work item holds several requests; on the wire they must still be single, aligned requests.
-        var source = new MemoryDevice(64L * Chunk);
-        source.Write(0, Fill((int)source.Size, 7));
+        var source = DenseSource(7);
         var destination = new MemoryDevice(source.Size);
         var reads = new List<(long Offset, int Length)>();
         var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, length) => { lock (reads) { reads.Add((offset, length)); } } };
@@ -178,8 +191,7 @@ public class CopierTests
     {
         using var dir = new TempDirectory();
         var checkpoint = dir.File("cp.json");
-        var source = new MemoryDevice(64L * Chunk);
-        source.Write(0, Fill((int)source.Size, 9));
+        var source = DenseSource(9);
         var destination = new MemoryDevice(source.Size);
         using var stop = new CancellationTokenSource();
         var writes = 0;
@@ -208,8 +220,7 @@ public class CopierTests
             Assert.Equal(All(source)[(int)start..(int)end], All(destination)[(int)start..(int)end]);
         }
 
-        var reads = new List<long>();
-        var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, _) => { lock (reads) { reads.Add(offset); } } };
+        var (watched, reads) = RecordingReads(source);
         var result = await new Copier(watched, new DeviceEndpoint(destination, "dst"), Options with { CheckpointPath = checkpoint }, "src", "dst")
             .RunAsync(CancellationToken.None);
 
@@ -221,8 +232,7 @@ public class CopierTests
     [Fact]
     public async Task RunAsync_FlushEvery_FlushesTheDestinationWhileTheCopyRuns()
     {
-        var source = new MemoryDevice(64L * Chunk);
-        source.Write(0, Fill((int)source.Size, 11));
+        var source = DenseSource(11);
         var destination = new MemoryDevice(source.Size);
         var flushes = 0;
         using var flushed = new ManualResetEventSlim();
@@ -242,8 +252,7 @@ public class CopierTests
     [Fact]
     public async Task RunAsync_FlushEveryZero_FlushesOnlyAtTheEnd()
     {
-        var source = new MemoryDevice(64L * Chunk);
-        source.Write(0, Fill((int)source.Size, 12));
+        var source = DenseSource(12);
         var flushes = 0;
         var destination = new FaultyEndpoint(new DeviceEndpoint(new MemoryDevice(source.Size), "dst")) { OnFlush = () => Interlocked.Increment(ref flushes) };
 
