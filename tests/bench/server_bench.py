@@ -4,12 +4,15 @@ Every workload runs against each server in turn (the order rotates every round, 
 machine hits all servers alike), on the same image files, over a unix socket and over TCP loopback.
 Reported per workload: the median throughput (MiB/s or IOPS) and the median server CPU-seconds per GiB
 moved, taken from /proc/PID/stat (utime + stime of all the server's threads) around the workload only,
-each as a ratio to the best reference server; and our server's peak RSS (VmHWM).
+each as a ratio to the best reference server; and our server's peak RSS (VmHWM). Beside them, the client's
+CPU load (CPUs busy on average while it ran, from its rusage): a single-threaded client such as fio near 1.0
+is itself the limit, and no server can raise the throughput of that cell much.
 """
 
 import argparse
 import json
 import os
+import resource
 import shlex
 import signal
 import socket
@@ -34,6 +37,11 @@ def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mib(pid):
@@ -238,7 +246,7 @@ def main():
 
     kinds = ["ours", "qemu-nbd", "nbdkit"] + (["base"] if options.baseline else [])
     transports = options.transports.split(",")
-    results = {}   # (workload, transport, kind) -> list of (throughput, cpu s/GiB)
+    results = {}   # (workload, transport, kind) -> list of (throughput, cpu s/GiB, client CPU load)
     peak_rss = 0.0
     for transport in transports:
         for workload in workloads:
@@ -254,38 +262,42 @@ def main():
                                     shlex.split(options.serve_args))
                     try:
                         warm_up(server.uri, workload.writes)
-                        cpu0 = cpu_seconds(server.pid)
+                        cpu0, client0, wall0 = cpu_seconds(server.pid), children_cpu_seconds(), time.monotonic()
                         throughput, moved = workload.measure(server.uri)
                         cpu = cpu_seconds(server.pid) - cpu0
+                        client_load = (children_cpu_seconds() - client0) / (time.monotonic() - wall0)
                         if kind == "ours":
                             peak_rss = max(peak_rss, peak_rss_mib(server.pid))
                     finally:
                         server.stop()
                     per_gib = cpu / (moved / GIB) if moved else float("nan")
-                    results.setdefault((workload.name, transport, kind), []).append((throughput, per_gib))
+                    results.setdefault((workload.name, transport, kind), []).append((throughput, per_gib, client_load))
                     print(f"  {transport:4} {workload.name:28} {kind:9} {throughput:10.0f} {workload.unit:5} "
-                          f"{per_gib:7.3f} CPU-s/GiB", flush=True)
+                          f"{per_gib:7.3f} CPU-s/GiB   client {client_load:4.2f} CPUs", flush=True)
 
     print()
     print(f"machine: {os.cpu_count()} cores, {platform_line()}")
-    print(f"rounds per cell: {reps} (median shown); ratios are ours / best of qemu-nbd and nbdkit")
+    print(f"rounds per cell: {reps} (median shown); ratios are ours / best of qemu-nbd and nbdkit; "
+          f"client: the client's CPU load (CPUs) against ours / against the faster reference")
     header = (f"{'transport':9} {'workload':28} {'ours':>10} {'qemu-nbd':>10} {'nbdkit':>10} {'ratio':>6}   "
-              f"{'CPU-s/GiB ours':>14} {'qemu-nbd':>9} {'nbdkit':>9} {'ratio':>6}")
+              f"{'CPU-s/GiB ours':>14} {'qemu-nbd':>9} {'nbdkit':>9} {'ratio':>6}   {'client':>9}")
     if options.baseline:
         header += f"   {'base':>10} {'ours/base':>9} {'CPU ours/base':>13}"
     print(header)
     print("-" * len(header))
     for transport in transports:
         for workload in workloads:
-            med = {k: (statistics.median(t for t, _ in results[(workload.name, transport, k)]),
-                       statistics.median(c for _, c in results[(workload.name, transport, k)])) for k in kinds}
+            med = {k: tuple(statistics.median(run_[i] for run_ in results[(workload.name, transport, k)]) for i in range(3))
+                   for k in kinds}
             best_throughput = max(med["qemu-nbd"][0], med["nbdkit"][0])
+            faster_reference = "qemu-nbd" if med["qemu-nbd"][0] > med["nbdkit"][0] else "nbdkit"
             best_cpu = min(med["qemu-nbd"][1], med["nbdkit"][1])
             unit = workload.unit
             print(f"{transport:9} {workload.name:28} {fmt(med['ours'][0], unit):>10} {fmt(med['qemu-nbd'][0], unit):>10} "
                   f"{fmt(med['nbdkit'][0], unit):>10} {med['ours'][0] / best_throughput:6.2f}   "
                   f"{med['ours'][1]:14.3f} {med['qemu-nbd'][1]:9.3f} {med['nbdkit'][1]:9.3f} "
-                  f"{(med['ours'][1] / best_cpu) if best_cpu > 0 else float('inf'):6.2f}"
+                  f"{(med['ours'][1] / best_cpu) if best_cpu > 0 else float('inf'):6.2f}   "
+                  f"{med['ours'][2]:4.2f}/{med[faster_reference][2]:4.2f}"
                   + (f"   {fmt(med['base'][0], unit):>10} {med['ours'][0] / med['base'][0]:9.2f} "
                      f"{(med['ours'][1] / med['base'][1]) if med['base'][1] > 0 else float('inf'):13.2f}"
                      if options.baseline else ""))
