@@ -42,11 +42,11 @@ public class CopierTests
         return device;
     }
 
-    /// <summary>The device as a copy source that records the offset of every read.</summary>
-    private static (FaultyEndpoint Endpoint, List<long> Reads) RecordingReads(MemoryDevice device)
+    /// <summary>The device as a copy source that records the offset and length of every read.</summary>
+    private static (FaultyEndpoint Endpoint, List<(long Offset, int Length)> Reads) RecordingReads(MemoryDevice device)
     {
-        var reads = new List<long>();
-        return (new FaultyEndpoint(new DeviceEndpoint(device, "src")) { OnRead = (offset, _) => { lock (reads) { reads.Add(offset); } } }, reads);
+        var reads = new List<(long Offset, int Length)>();
+        return (new FaultyEndpoint(new DeviceEndpoint(device, "src")) { OnRead = (offset, length) => { lock (reads) { reads.Add((offset, length)); } } }, reads);
     }
 
     private static byte[] All(MemoryDevice device)
@@ -162,7 +162,7 @@ public class CopierTests
 
         Assert.Equal(All(source), All(destination));
         Assert.Equal(half, result.ResumedFrom);
-        Assert.All(reads, offset => Assert.True(offset >= half));
+        Assert.All(reads, r => Assert.True(r.Offset >= half));
         var saved = Checkpoint.Load(checkpoint)!;
         Assert.Equal([(0L, source.Size)], saved.Completed);
         Assert.Equal(result.BytesCopied + result.BytesSkipped, source.Size);
@@ -174,8 +174,7 @@ public class CopierTests
         // A work item holds several requests; on the wire they must still be single, aligned requests.
         var source = DenseSource(7);
         var destination = new MemoryDevice(source.Size);
-        var reads = new List<(long Offset, int Length)>();
-        var watched = new FaultyEndpoint(new DeviceEndpoint(source, "src")) { OnRead = (offset, length) => { lock (reads) { reads.Add((offset, length)); } } };
+        var (watched, reads) = RecordingReads(source);
 
         var result = await new Copier(watched, new DeviceEndpoint(destination, "dst"), Options, "src", "dst").RunAsync(CancellationToken.None);
 
